@@ -1,0 +1,1 @@
+"""Learning algorithms (installed as :mod:`mtrl.agents`)."""

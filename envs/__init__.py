@@ -1,0 +1,1 @@
+"""Benchmarks and their evaluation (installed as :mod:`mtrl.envs`)."""

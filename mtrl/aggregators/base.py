@@ -1,0 +1,114 @@
+"""The aggregator interface, its registry, and the helper that applies one to a Jacobian.
+
+Every method here turns the K×K Gram matrix ``G = J Jᵀ`` of the per-task gradients into task
+weights ``w`` of shape ``[K]``; the shared update is then ``Jᵀ w``. Working on ``G`` keeps the
+solve tiny (K×K) whatever the number of parameters, and leaves ``J`` to be computed once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+_REGISTRY: dict[str, type[Aggregator]] = {}
+
+
+class NonFiniteGradientError(ValueError):
+    """The per-task gradients hold NaN or infinity, so no update can be computed from them."""
+
+
+@dataclasses.dataclass
+class Aggregator:
+    """Base class: subclasses are dataclasses whose fields are the method's hyperparameters."""
+
+    name: ClassVar[str]
+
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        """Task weights ``w`` (shape ``[K]``, dtype of ``gram``): the update is ``Jᵀ w``."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget any state kept across calls (nothing, for stateless methods)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers describing the state kept across calls, for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The method's hyperparameters (its constructor arguments), for logs and configs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def register(name: str):
+    """Class decorator that makes an aggregator available under a config name."""
+
+    def decorate(cls: type[Aggregator]) -> type[Aggregator]:
+        if name in _REGISTRY:
+            raise ValueError(f"aggregator {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """The config names of every registered method, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_aggregator(name: str, **hparams: Any) -> Aggregator:
+    """Build a method from its config name and hyperparameters; errors say what is valid."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(available())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(hparams) - fields)
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise ValueError(f"method {name!r} has no hyperparameter {unknown}; valid: {valid}")
+    return cls(**hparams)
+
+
+def normalized_gram(gram: Tensor) -> Tensor:
+    """``gram`` in float64, divided by its mean diagonal so that the small solves are scale-free.
+
+    Gradients from 1e-12 to 1e12 then give the same well-conditioned K×K problem; every method
+    below returns weights that do not depend on this scale, so the update scales with ``J``.
+    """
+    gram = gram.to(torch.float64)
+    scale = gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    return gram / scale
+
+
+def check_finite(gram: Tensor) -> None:
+    """Raise if ``gram`` holds a NaN or infinity (one host sync on a K×K tensor)."""
+    if not bool(torch.isfinite(gram).all()):
+        raise NonFiniteGradientError(
+            "per-task gradients are not finite (NaN or inf in the Gram matrix); "
+            "no aggregated update can be computed from them"
+        )
+
+
+def aggregate(
+    aggregator: Aggregator, jacobian: Tensor, losses: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
+
+    Returns ``(update, weights)``: the combined gradient ``Jᵀ w`` of shape ``[P]`` and ``w``.
+    Raises :class:`NonFiniteGradientError` on NaN or infinite gradients.
+    """
+    if jacobian.ndim != 2:
+        raise ValueError(f"expected a Jacobian of shape [K, P], got {tuple(jacobian.shape)}")
+    gram = jacobian @ jacobian.T
+    check_finite(gram)
+    weights = aggregator.weights(gram, losses)
+    return weights @ jacobian, weights

@@ -1,0 +1,73 @@
+"""Gradient-conflict diagnostics, all read off the Gram matrix the aggregator already has.
+
+Everything stays a tensor on the device: callers convert to numbers only when they log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# Cosines within this of zero count as orthogonal: float rounding, not conflict.
+CONFLICT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ConflictStats:
+    """Diagnostics of one aggregation step.
+
+    Attributes:
+        cosines: ``[K, K]`` pairwise cosines of the task gradients (0 where a gradient vanishes).
+        conflicting_pairs: fraction of the K(K−1)/2 task pairs with a negative cosine.
+        cos_min: the smallest pairwise cosine (1 when K = 1).
+        task_products: ``[K]`` inner products ``g_i · update``.
+        update_conflicts: number of tasks whose gradient has a negative cosine with the update.
+        update_norm_ratio: ``‖update‖ / ‖mean gradient‖``.
+        weights: ``[K]`` the task weights ``w`` of ``update = Jᵀ w``.
+    """
+
+    cosines: Tensor
+    conflicting_pairs: Tensor
+    cos_min: Tensor
+    task_products: Tensor
+    update_conflicts: Tensor
+    update_norm_ratio: Tensor
+    weights: Tensor
+
+
+def _safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
+    tiny = torch.finfo(denominator.dtype).tiny
+    return torch.where(denominator > tiny, numerator / denominator.clamp_min(tiny), 0.0)
+
+
+def conflict_stats(gram: Tensor, weights: Tensor) -> ConflictStats:
+    """Diagnostics for the update ``Jᵀ weights`` given ``gram = J Jᵀ``."""
+    gram = gram.to(torch.float64)
+    weights = weights.to(torch.float64)
+    size = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    cosines = _safe_div(gram, torch.outer(norms, norms))
+    upper = torch.triu_indices(size, size, offset=1, device=gram.device)
+    pair_cosines = cosines[upper[0], upper[1]]
+    if size > 1:
+        conflicting_pairs = (pair_cosines < -CONFLICT_TOLERANCE).to(gram.dtype).mean()
+        cos_min = pair_cosines.min()
+    else:
+        conflicting_pairs = gram.new_zeros(())
+        cos_min = gram.new_ones(())
+    task_products = gram @ weights
+    update_norm = (weights @ task_products).clamp_min(0).sqrt()
+    update_cosines = _safe_div(task_products, norms * update_norm)
+    mean = torch.full_like(weights, 1.0 / size)
+    mean_norm = (mean @ gram @ mean).clamp_min(0).sqrt()
+    return ConflictStats(
+        cosines=cosines,
+        conflicting_pairs=conflicting_pairs,
+        cos_min=cos_min,
+        task_products=task_products,
+        update_conflicts=(update_cosines < -CONFLICT_TOLERANCE).sum(),
+        update_norm_ratio=_safe_div(update_norm, mean_norm),
+        weights=weights,
+    )

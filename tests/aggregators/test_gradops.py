@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtrl.aggregators import GradOPS, aggregate, make_aggregator
+from tests.strategies import build_jacobian, cosines_with, jacobians
+
+TOL = 1e-5
+BY_HAND = {"rtol": 0, "atol": 1e-6}  # the ridge (1e-7) moves exact answers by about that much
+
+
+def projected(jacobian: torch.Tensor, method: GradOPS) -> torch.Tensor:
+    """The rows g'_i, built from the method's projection coefficients."""
+    return method.projection_coefficients(jacobian @ jacobian.T).T @ jacobian
+
+
+@settings(max_examples=60, deadline=None)
+@given(jacobian=jacobians())
+def test_each_projection_is_orthogonal_to_every_other_task(jacobian):
+    rows = projected(jacobian, GradOPS())
+    cosines = (rows @ jacobian.T) / torch.outer(rows.norm(dim=1), jacobian.norm(dim=1))
+    off_diagonal = cosines[~torch.eye(len(jacobian), dtype=torch.bool)]
+    assert off_diagonal.abs().max() < TOL
+    # and g'_i · g_i = ‖g'_i‖² ≥ 0
+    own = (rows * jacobian).sum(dim=1)
+    assert ((own - rows.square().sum(dim=1)).abs() / jacobian.square().sum(dim=1)).max() < TOL
+
+
+@settings(max_examples=60, deadline=None)
+@given(jacobian=jacobians(), alpha=st.floats(-5, 5))
+def test_update_conflicts_with_no_task_for_any_alpha(jacobian, alpha):
+    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    assert torch.isfinite(update).all()
+    assert cosines_with(jacobian, update).min() > -TOL
+
+
+@settings(max_examples=40, deadline=None)
+@given(jacobian=jacobians(), alpha=st.sampled_from([0.0, -3.0, 1.5]), seed=st.integers(0, 99))
+def test_update_does_not_depend_on_task_order(jacobian, alpha, seed):
+    order = torch.randperm(len(jacobian), generator=torch.Generator().manual_seed(seed))
+    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    permuted_update, _ = aggregate(GradOPS(alpha=alpha), jacobian[order])
+    torch.testing.assert_close(permuted_update, update, rtol=1e-6, atol=1e-9 * update.norm())
+
+
+@settings(max_examples=40, deadline=None)
+@given(jacobian=jacobians(), exponent=st.integers(-12, 12), alpha=st.sampled_from([0.0, -3.0]))
+def test_scaling_the_gradients_scales_the_update(jacobian, exponent, alpha):
+    scale = 10.0**exponent
+    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    scaled, _ = aggregate(GradOPS(alpha=alpha), jacobian * scale)
+    torch.testing.assert_close(scaled / scale, update, rtol=1e-6, atol=1e-9 * update.norm())
+
+
+def test_two_tasks_by_hand():
+    # g1 = (1, 0), g2 = (1, 1): g'1 = g1 − ½ g2 = (½, −½), g'2 = g2 − g1 = (0, 1)
+    jacobian = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    update, _ = aggregate(GradOPS(), jacobian)
+    torch.testing.assert_close(update, torch.tensor([0.5, 0.5], dtype=torch.float64), **BY_HAND)
+    # R = cos(g_i, (½, ½)) = (1/√2, 1); α = −2 gives w ∝ (2, 1), summing to K = 2
+    update, _ = aggregate(GradOPS(alpha=-2.0), jacobian)
+    torch.testing.assert_close(update, torch.tensor([2 / 3, 0.0], dtype=torch.float64), **BY_HAND)
+
+
+def test_orthogonal_tasks_are_left_alone():
+    jacobian = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    update, _ = aggregate(GradOPS(), jacobian)
+    torch.testing.assert_close(
+        update, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), **BY_HAND
+    )
+
+
+def test_a_task_inside_the_others_span_gets_no_projection():
+    # g3 = g1 + g2 lies in span{g1, g2}, so g'3 = 0, and g1, g2 are each in span of the rest
+    g1, g2 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    jacobian = torch.stack([g1, g2, g1 + g2]).double()
+    rows = projected(jacobian, GradOPS())
+    assert rows.norm(dim=1).max() < 1e-3
+    # a fourth, independent task keeps its whole gradient
+    jacobian = torch.cat([jacobian, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+    update, _ = aggregate(GradOPS(), jacobian)
+    torch.testing.assert_close(
+        update, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-3, rtol=0
+    )
+
+
+def test_float32_agrees_with_float64():
+    jacobian = build_jacobian(10, 400, seed=3, structure="shared_conflict")
+    update64, _ = aggregate(GradOPS(alpha=-3.0), jacobian)
+    update32, weights32 = aggregate(GradOPS(alpha=-3.0), jacobian.float())
+    assert update32.dtype == weights32.dtype == torch.float32
+    assert (update32.double() - update64).norm() < 1e-5 * update64.norm()
+
+
+@pytest.mark.parametrize("bad", [{"alpha": math.nan}, {"ridge": 0.0}, {"eps": 2.0}])
+def test_bad_hyperparameters_are_refused(bad):
+    with pytest.raises(ValueError, match="gradops"):
+        make_aggregator("gradops", **bad)
+
+
+def reference_gradops(jacobian: torch.Tensor) -> torch.Tensor:
+    """GradOPS in parameter space: each g_i minus its least-squares fit by the others."""
+    projected = []
+    for task in range(len(jacobian)):
+        others = torch.cat([jacobian[:task], jacobian[task + 1 :]])
+        fit = torch.linalg.lstsq(others.T, jacobian[task]).solution
+        projected.append(jacobian[task] - others.T @ fit)
+    return torch.stack(projected).sum(dim=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(jacobian=jacobians())
+def test_gram_path_equals_the_parameter_space_projections(jacobian):
+    update, _ = aggregate(GradOPS(), jacobian)
+    expected = reference_gradops(jacobian)
+    # the ridge (1e-7 on the cosine matrix) biases nearly dependent sets, such as 50 gradients in
+    # 55 dimensions, by about ridge / smallest eigenvalue per task
+    assert (update - expected).norm() < 1e-4 * jacobian.norm(dim=1).max()

@@ -1,0 +1,60 @@
+import math
+
+import torch
+
+from mtrl.aggregators import aggregate, make_aggregator
+from mtrl.conflict import conflict_stats
+from tests.strategies import build_jacobian
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+def stats_for(jacobian, weights):
+    return conflict_stats(jacobian @ jacobian.T, torch.as_tensor(weights, dtype=jacobian.dtype))
+
+
+def test_three_tasks_by_hand():
+    # g0 = (1, 0), g1 = (−1, 1), g2 = (0, 1): cosines −1/√2, 0, 1/√2; one pair of three conflicts
+    jacobian = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    stats = stats_for(jacobian, [1 / 3, 1 / 3, 1 / 3])
+    expected_cosines = torch.tensor(
+        [[1, -SQRT_HALF, 0], [-SQRT_HALF, 1, SQRT_HALF], [0, SQRT_HALF, 1]], dtype=torch.float64
+    )
+    torch.testing.assert_close(stats.cosines, expected_cosines)
+    assert stats.conflicting_pairs.item() == 1 / 3
+    assert stats.cos_min.item() == -SQRT_HALF
+    # mean update (0, ⅔): inner products (0, ⅔, ⅔), no task conflicts with it
+    torch.testing.assert_close(stats.task_products, torch.tensor([0, 2 / 3, 2 / 3]).double())
+    assert stats.update_conflicts.item() == 0
+    assert stats.update_norm_ratio.item() == 1.0
+    # update g0 = (1, 0): task 1 conflicts with it, and it is 1.5 times as long as the mean
+    stats = stats_for(jacobian, [1.0, 0.0, 0.0])
+    assert stats.update_conflicts.item() == 1
+    assert stats.update_norm_ratio.item() == 1.5
+
+
+def test_one_task_and_zero_gradients_give_numbers_not_nans():
+    single = stats_for(torch.tensor([[3.0, 4.0]]), [1.0])
+    assert single.conflicting_pairs.item() == 0 and single.cos_min.item() == 1
+    with_zero = stats_for(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), [0.5, 0.5])
+    assert with_zero.cosines[0, 1].item() == 0
+    assert with_zero.update_conflicts.item() == 0
+    everything_zero = stats_for(torch.zeros(3, 4), [1 / 3] * 3)
+    for value in vars(everything_zero).values():
+        assert torch.isfinite(value).all()
+
+
+def test_gradops_never_conflicts_while_the_mean_does():
+    jacobian = build_jacobian(10, 500, seed=0, structure="shared_conflict")
+    gram = jacobian @ jacobian.T
+    for name, expect_conflicts in [("mean", True), ("gradops", False)]:
+        _, weights = aggregate(make_aggregator(name), jacobian)
+        stats = conflict_stats(gram, weights)
+        assert (stats.update_conflicts.item() > 0) == expect_conflicts
+        assert stats.conflicting_pairs.item() > 0.3
+
+
+def test_everything_stays_on_the_device_as_tensors():
+    stats = stats_for(torch.randn(5, 30), torch.full((5,), 0.2))
+    for value in vars(stats).values():
+        assert isinstance(value, torch.Tensor)

@@ -45,7 +45,7 @@ def trajectory(method: str, start, centres, scales, steps: int, lr: float) -> to
     per_task_gradients = torch.func.jacrev(lambda point: task_losses(point, centres, scales))
     for _ in range(steps):
         jacobian = per_task_gradients(x.detach())
-        update, _ = aggregate(aggregator, jacobian)
+        update, _, _ = aggregate(aggregator, jacobian)
         optimizer.zero_grad()
         x.grad = update
         optimizer.step()

@@ -48,7 +48,7 @@ def test_gradops_never_conflicts_while_the_mean_does():
     jacobian = build_jacobian(10, 500, seed=0, structure="shared_conflict")
     gram = jacobian @ jacobian.T
     for name, expect_conflicts in [("mean", True), ("gradops", False)]:
-        _, weights = aggregate(make_aggregator(name), jacobian)
+        _, weights, _ = aggregate(make_aggregator(name), jacobian)
         stats = conflict_stats(gram, weights)
         assert (stats.update_conflicts.item() > 0) == expect_conflicts
         assert stats.conflicting_pairs.item() > 0.3

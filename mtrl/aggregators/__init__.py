@@ -6,6 +6,7 @@ Each method maps the Gram matrix of the per-task gradients to task weights; see
 
 from mtrl.aggregators import cagrad, gradops, mean, pcgrad  # noqa: F401  (registers them)
 from mtrl.aggregators.base import (
+    Aggregation,
     Aggregator,
     NonFiniteGradientError,
     aggregate,
@@ -21,6 +22,7 @@ from mtrl.aggregators.mean import Mean
 from mtrl.aggregators.pcgrad import PCGrad
 
 __all__ = [
+    "Aggregation",
     "Aggregator",
     "CAGrad",
     "GradOPS",

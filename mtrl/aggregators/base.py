@@ -8,7 +8,7 @@ solve tiny (K×K) whatever the number of parameters, and leaves ``J`` to be comp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -98,17 +98,25 @@ def check_finite(gram: Tensor) -> None:
         )
 
 
+class Aggregation(NamedTuple):
+    """The combined gradient ``Jᵀ w``, the task weights ``w``, and the Gram matrix ``J Jᵀ``."""
+
+    update: Tensor
+    weights: Tensor
+    gram: Tensor
+
+
 def aggregate(
     aggregator: Aggregator, jacobian: Tensor, losses: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+) -> Aggregation:
     """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
 
-    Returns ``(update, weights)``: the combined gradient ``Jᵀ w`` of shape ``[P]`` and ``w``.
-    Raises :class:`NonFiniteGradientError` on NaN or infinite gradients.
+    Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The Gram matrix comes
+    back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
     """
     if jacobian.ndim != 2:
         raise ValueError(f"expected a Jacobian of shape [K, P], got {tuple(jacobian.shape)}")
     gram = jacobian @ jacobian.T
     check_finite(gram)
     weights = aggregator.weights(gram, losses)
-    return weights @ jacobian, weights
+    return Aggregation(weights @ jacobian, weights, gram)

@@ -12,14 +12,14 @@ from tests.strategies import jacobians
 @settings(max_examples=30, deadline=None)
 @given(jacobian=jacobians())
 def test_zero_radius_is_the_mean(jacobian):
-    update, _ = aggregate(CAGrad(c=0.0), jacobian)
+    update, _, _ = aggregate(CAGrad(c=0.0), jacobian)
     torch.testing.assert_close(update, jacobian.mean(dim=0))
 
 
 @settings(max_examples=40, deadline=None)
 @given(jacobian=jacobians(), c=st.floats(0.05, 0.95))
 def test_update_stays_in_the_ball_around_the_mean(jacobian, c):
-    update, _ = aggregate(CAGrad(c=c, rescale=0), jacobian)
+    update, _, _ = aggregate(CAGrad(c=c, rescale=0), jacobian)
     mean = jacobian.mean(dim=0)
     assert (update - mean).norm() <= c * mean.norm() * (1 + 1e-9)
 
@@ -32,7 +32,7 @@ def test_strong_duality_certifies_the_solution(jacobian, c):
     method = CAGrad(c=c, rescale=0)
     gram = normalized_gram(jacobian @ jacobian.T)
     dual = method.dual_objective(gram, method.solve_dual(gram))
-    update, _ = aggregate(method, jacobian)
+    update, _, _ = aggregate(method, jacobian)
     scale = (jacobian @ jacobian.T).diagonal().mean()
     primal = (jacobian @ update).min() / scale
     assert primal <= dual + 1e-9
@@ -59,9 +59,9 @@ def test_dual_is_no_worse_than_brute_force(jacobian, c):
 def test_orthogonal_unit_tasks_by_hand():
     # g0 = (½, ½); the dual picks w = (½, ½), so d = g0 + c g0 = (1 + c) g0, then ÷ (1 + c²)
     jacobian = torch.eye(2, dtype=torch.float64)
-    update, _ = aggregate(CAGrad(c=0.5), jacobian)
+    update, _, _ = aggregate(CAGrad(c=0.5), jacobian)
     torch.testing.assert_close(update, torch.tensor([0.6, 0.6], dtype=torch.float64))
-    update, _ = aggregate(CAGrad(c=0.5, rescale=2), jacobian)
+    update, _, _ = aggregate(CAGrad(c=0.5, rescale=2), jacobian)
     torch.testing.assert_close(update, torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
@@ -69,7 +69,7 @@ def test_unbalanced_tasks_by_hand():
     # g1 = (2, 0), g2 = (0, 1), c = ½: the dual's derivative is positive on all of [0, 1] in
     # w1, so w* = (0, 1); ρ = ½‖g0‖ = ½√1.25 and d = g0 + ρ g2 = (1, ½ + ρ), then ÷ 1.25
     jacobian = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    update, _ = aggregate(CAGrad(c=0.5), jacobian)
+    update, _, _ = aggregate(CAGrad(c=0.5), jacobian)
     rho = 0.5 * 1.25**0.5
     expected = torch.tensor([1.0, 0.5 + rho], dtype=torch.float64) / 1.25
     torch.testing.assert_close(update, expected, rtol=0, atol=1e-6)

@@ -24,24 +24,24 @@ def twin(method):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_method_runs_in_both_precisions_on_every_device(method, device, dtype):
     jacobian = build_jacobian(10, 300, seed=0, structure="shared_conflict").to(device, dtype)
-    update, weights = aggregate(method, jacobian)
+    update, weights, _ = aggregate(method, jacobian)
     assert update.dtype == weights.dtype == dtype
     assert update.device == weights.device == jacobian.device
     assert weights.shape == (10,)
-    reference, _ = aggregate(twin(method), jacobian.double().cpu())
+    reference, _, _ = aggregate(twin(method), jacobian.double().cpu())
     assert (update.double().cpu() - reference).norm() <= 1e-4 * reference.norm()
 
 
 def test_one_task_moves_along_its_gradient(method):
     gradient = torch.randn(1, 50, dtype=torch.float64)
-    update, _ = aggregate(method, gradient)
+    update, _, _ = aggregate(method, gradient)
     assert torch.isfinite(update).all()
     assert cosines_with(gradient, update).item() == pytest.approx(1.0)
 
 
 def test_identical_gradients(method):
     jacobian = torch.randn(1, 50, dtype=torch.float64).repeat(4, 1)
-    update, _ = aggregate(method, jacobian)
+    update, _, _ = aggregate(method, jacobian)
     assert torch.isfinite(update).all()
     if method.name == "gradops":
         # each gradient lies in the span of the others, so every projection vanishes
@@ -53,17 +53,17 @@ def test_identical_gradients(method):
 def test_a_zero_gradient_changes_nothing_for_the_others(method):
     jacobian = build_jacobian(4, 60, seed=1, structure="gaussian")
     with_zero = torch.cat([jacobian, torch.zeros(1, 60, dtype=torch.float64)])
-    update, weights = aggregate(method, with_zero)
+    update, weights, _ = aggregate(method, with_zero)
     assert torch.isfinite(update).all() and torch.isfinite(weights).all()
     if method.name in ("gradops", "pcgrad"):
         # both act on each task separately, so an extra zero task only changes the mean's 1/K
-        reference, _ = aggregate(twin(method), jacobian)
+        reference, _, _ = aggregate(twin(method), jacobian)
         scale = 4 / 5 if method.name == "pcgrad" else 1.0
         torch.testing.assert_close(update, scale * reference, rtol=1e-6, atol=1e-9)
 
 
 def test_all_gradients_zero(method):
-    update, weights = aggregate(method, torch.zeros(3, 20))
+    update, weights, _ = aggregate(method, torch.zeros(3, 20))
     assert torch.equal(update, torch.zeros(20))
     assert torch.isfinite(weights).all()
 
@@ -77,7 +77,7 @@ def test_rank_deficient_gradients(method, shape):
         3, params, dtype=torch.float64
     )
     jacobian = low_rank if tasks < params else build_jacobian(tasks, params, 2, "gaussian")
-    update, weights = aggregate(method, jacobian)
+    update, weights, _ = aggregate(method, jacobian)
     assert torch.isfinite(update).all() and torch.isfinite(weights).all()
     if method.name == "gradops":
         # every gradient lies in the span of the others: nothing is left after projecting
@@ -90,9 +90,9 @@ def test_rank_deficient_gradients(method, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_huge_and_tiny_scales(method, exponent, dtype):
     jacobian = build_jacobian(10, 200, seed=4, structure="uneven_norms")
-    reference, _ = aggregate(twin(method), jacobian)
+    reference, _, _ = aggregate(twin(method), jacobian)
     scale = 10.0**exponent
-    update, _ = aggregate(method, (jacobian * scale).to(dtype))
+    update, _, _ = aggregate(method, (jacobian * scale).to(dtype))
     assert torch.isfinite(update).all()
     tolerance = 1e-4 if dtype == torch.float32 else 1e-8
     assert (update.double() / scale - reference).norm() <= tolerance * reference.norm()

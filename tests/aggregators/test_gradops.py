@@ -32,7 +32,7 @@ def test_each_projection_is_orthogonal_to_every_other_task(jacobian):
 @settings(max_examples=60, deadline=None)
 @given(jacobian=jacobians(), alpha=st.floats(-5, 5))
 def test_update_conflicts_with_no_task_for_any_alpha(jacobian, alpha):
-    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    update, _, _ = aggregate(GradOPS(alpha=alpha), jacobian)
     assert torch.isfinite(update).all()
     assert cosines_with(jacobian, update).min() > -TOL
 
@@ -41,8 +41,8 @@ def test_update_conflicts_with_no_task_for_any_alpha(jacobian, alpha):
 @given(jacobian=jacobians(), alpha=st.sampled_from([0.0, -3.0, 1.5]), seed=st.integers(0, 99))
 def test_update_does_not_depend_on_task_order(jacobian, alpha, seed):
     order = torch.randperm(len(jacobian), generator=torch.Generator().manual_seed(seed))
-    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
-    permuted_update, _ = aggregate(GradOPS(alpha=alpha), jacobian[order])
+    update, _, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    permuted_update, _, _ = aggregate(GradOPS(alpha=alpha), jacobian[order])
     torch.testing.assert_close(permuted_update, update, rtol=1e-6, atol=1e-9 * update.norm())
 
 
@@ -50,24 +50,24 @@ def test_update_does_not_depend_on_task_order(jacobian, alpha, seed):
 @given(jacobian=jacobians(), exponent=st.integers(-12, 12), alpha=st.sampled_from([0.0, -3.0]))
 def test_scaling_the_gradients_scales_the_update(jacobian, exponent, alpha):
     scale = 10.0**exponent
-    update, _ = aggregate(GradOPS(alpha=alpha), jacobian)
-    scaled, _ = aggregate(GradOPS(alpha=alpha), jacobian * scale)
+    update, _, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    scaled, _, _ = aggregate(GradOPS(alpha=alpha), jacobian * scale)
     torch.testing.assert_close(scaled / scale, update, rtol=1e-6, atol=1e-9 * update.norm())
 
 
 def test_two_tasks_by_hand():
     # g1 = (1, 0), g2 = (1, 1): g'1 = g1 − ½ g2 = (½, −½), g'2 = g2 − g1 = (0, 1)
     jacobian = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
-    update, _ = aggregate(GradOPS(), jacobian)
+    update, _, _ = aggregate(GradOPS(), jacobian)
     torch.testing.assert_close(update, torch.tensor([0.5, 0.5], dtype=torch.float64), **BY_HAND)
     # R = cos(g_i, (½, ½)) = (1/√2, 1); α = −2 gives w ∝ (2, 1), summing to K = 2
-    update, _ = aggregate(GradOPS(alpha=-2.0), jacobian)
+    update, _, _ = aggregate(GradOPS(alpha=-2.0), jacobian)
     torch.testing.assert_close(update, torch.tensor([2 / 3, 0.0], dtype=torch.float64), **BY_HAND)
 
 
 def test_orthogonal_tasks_are_left_alone():
     jacobian = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-    update, _ = aggregate(GradOPS(), jacobian)
+    update, _, _ = aggregate(GradOPS(), jacobian)
     torch.testing.assert_close(
         update, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), **BY_HAND
     )
@@ -81,7 +81,7 @@ def test_a_task_inside_the_others_span_gets_no_projection():
     assert rows.norm(dim=1).max() < 1e-3
     # a fourth, independent task keeps its whole gradient
     jacobian = torch.cat([jacobian, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
-    update, _ = aggregate(GradOPS(), jacobian)
+    update, _, _ = aggregate(GradOPS(), jacobian)
     torch.testing.assert_close(
         update, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-3, rtol=0
     )
@@ -89,8 +89,8 @@ def test_a_task_inside_the_others_span_gets_no_projection():
 
 def test_float32_agrees_with_float64():
     jacobian = build_jacobian(10, 400, seed=3, structure="shared_conflict")
-    update64, _ = aggregate(GradOPS(alpha=-3.0), jacobian)
-    update32, weights32 = aggregate(GradOPS(alpha=-3.0), jacobian.float())
+    update64, _, _ = aggregate(GradOPS(alpha=-3.0), jacobian)
+    update32, weights32, _ = aggregate(GradOPS(alpha=-3.0), jacobian.float())
     assert update32.dtype == weights32.dtype == torch.float32
     assert (update32.double() - update64).norm() < 1e-5 * update64.norm()
 
@@ -114,8 +114,8 @@ def reference_gradops(jacobian: torch.Tensor) -> torch.Tensor:
 @settings(max_examples=30, deadline=None)
 @given(jacobian=jacobians())
 def test_gram_path_equals_the_parameter_space_projections(jacobian):
-    update, _ = aggregate(GradOPS(), jacobian)
+    # A tiny ridge: this compares the two computations, not the regularisation (whose bias,
+    # about ridge / smallest eigenvalue of the cosine matrix, the default 1e-7 adds).
+    update, _, _ = aggregate(GradOPS(ridge=1e-12), jacobian)
     expected = reference_gradops(jacobian)
-    # the ridge (1e-7 on the cosine matrix) biases nearly dependent sets, such as 50 gradients in
-    # 55 dimensions, by about ridge / smallest eigenvalue per task
-    assert (update - expected).norm() < 1e-4 * jacobian.norm(dim=1).max()
+    assert (update - expected).norm() < 1e-6 * jacobian.norm(dim=1).max()

@@ -24,7 +24,7 @@ def reference_pcgrad(jacobian: torch.Tensor, orders: torch.Tensor) -> torch.Tens
 @given(jacobian=jacobians(), seed=st.integers(0, 2**31 - 1))
 def test_gram_path_equals_the_parameter_space_loop(jacobian, seed):
     orders = PCGrad(seed=seed).visiting_orders(len(jacobian))
-    update, _ = aggregate(PCGrad(seed=seed), jacobian)
+    update, _, _ = aggregate(PCGrad(seed=seed), jacobian)
     expected = reference_pcgrad(jacobian, orders)
     torch.testing.assert_close(update, expected, rtol=1e-7, atol=1e-9 * expected.norm())
 
@@ -36,7 +36,7 @@ def test_two_tasks_match_the_closed_form(jacobian):
     product = g1 @ g2
     if product < 0:
         g1, g2 = g1 - product / (g2 @ g2) * g2, g2 - product / (g1 @ g1) * g1
-    update, _ = aggregate(PCGrad(), jacobian)
+    update, _, _ = aggregate(PCGrad(), jacobian)
     torch.testing.assert_close(update, (g1 + g2) / 2, rtol=1e-7, atol=1e-9 * update.norm())
 
 
@@ -44,16 +44,16 @@ def test_two_tasks_match_the_closed_form(jacobian):
 @given(jacobian=jacobians(), seed=st.integers(0, 99))
 def test_without_conflicts_it_is_the_mean(jacobian, seed):
     agreeing = jacobian.abs()  # non-negative entries: every pairwise product is ≥ 0
-    update, _ = aggregate(PCGrad(seed=seed), agreeing)
+    update, _, _ = aggregate(PCGrad(seed=seed), agreeing)
     torch.testing.assert_close(update, agreeing.mean(dim=0))
 
 
 def test_two_conflicting_tasks_by_hand():
     # g1 = (1, 0), g2 = (−1, 1), g1·g2 = −1: g1' = g1 + ½ g2 = (½, ½), g2' = g2 + g1 = (0, 1)
     jacobian = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
-    update, _ = aggregate(PCGrad(), jacobian)
+    update, _, _ = aggregate(PCGrad(), jacobian)
     torch.testing.assert_close(update, torch.tensor([0.25, 0.75], dtype=torch.float64))
-    update, _ = aggregate(PCGrad(reduction="sum"), jacobian)
+    update, _, _ = aggregate(PCGrad(reduction="sum"), jacobian)
     torch.testing.assert_close(update, torch.tensor([0.5, 1.5], dtype=torch.float64))
 
 

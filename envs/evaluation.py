@@ -1,0 +1,87 @@
+"""Evaluation by Meta-World's own protocol (``metaworld.evaluation.evaluation``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+from metaworld.evaluation import evaluation
+
+from mtrl.envs.benchmarks import BenchmarkSpec, env_task_names, make_vector_env
+from mtrl.envs.vec_env import MetaWorldVecEnv
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+"""Maps a float32 observation batch ``[num_tasks, obs_dim]`` to actions ``[num_tasks, 4]``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Success rate and mean episodic return per task, in the benchmark's task order."""
+
+    mean_success: float
+    success: dict[str, float]
+    returns: dict[str, float]
+    episodes: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _PolicyAgent:
+    """The ``metaworld.evaluation.Agent`` protocol over a stateless policy function."""
+
+    def __init__(self, policy_fn: PolicyFn):
+        self.policy_fn = policy_fn
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        return np.asarray(self.policy_fn(np.asarray(observations, dtype=np.float32)))
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        pass  # a feed-forward policy keeps no per-episode state
+
+
+def evaluate(
+    policy_fn: PolicyFn,
+    spec: BenchmarkSpec,
+    episodes: int,
+    seed: int,
+    env: gym.vector.VectorEnv | MetaWorldVecEnv | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes per task and report success rates and mean returns.
+
+    An episode succeeds if ``info["success"]`` became 1 at any step: Meta-World's evaluation
+    turns on terminate-on-success for the duration. ``policy_fn`` should be deterministic, e.g.
+    ``lambda obs: model.predict(obs, deterministic=True)[0]``.
+
+    ``env`` lets training keep one evaluation env alive (never the training env: it is reset
+    here); ``seed`` is then unused and, with resampled goals, each call sees new goals. Without
+    it, an env is built from ``seed`` and closed afterwards, so every call sees the same goals. In
+    ``goal_mode="fixed"`` the goal comes from the seed: use the training seed to evaluate on the
+    training goals.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
+    if isinstance(env, MetaWorldVecEnv):
+        env = env.vector_env
+    owns_env = env is None
+    if owns_env:
+        env = make_vector_env(spec, seed)
+    try:
+        tasks = spec.tasks
+        env_tasks = env_task_names(env)
+        if env_tasks != tasks:
+            raise ValueError(f"the eval env runs tasks {env_tasks}, but the spec has {tasks}")
+        mean_success, _, success, returns = evaluation(
+            _PolicyAgent(policy_fn), env, num_episodes=episodes
+        )
+    finally:
+        if owns_env:
+            env.close()
+    return EvalResult(
+        mean_success=float(mean_success),
+        success={task: float(success[task]) for task in tasks},
+        returns={task: float(np.mean(returns[task])) for task in tasks},
+        episodes=episodes,
+    )

@@ -1,0 +1,53 @@
+"""Run directories: where a run keeps its config, its TensorBoard events and its checkpoints."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mtrl.checkpoint import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+CONFIG = "config.yaml"
+PROTOCOL = "protocol.json"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The checkpoint file for a given number of environment steps."""
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:012d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = [p for p in folder.glob("step_*.pt") if _STEP_FILE.search(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run, with an error that says what is there if there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no run directory at {run_dir}")
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"run directory {run_dir} has no checkpoints in {CHECKPOINTS}/")
+    return checkpoints[-1]
+
+
+def describe_earlier(path: Path) -> str:
+    """A hint naming the checkpoints written before ``path``, for error messages."""
+    earlier = [p for p in list_checkpoints(path.parent.parent) if p != path]
+    if not earlier:
+        return "there is no earlier checkpoint in this run"
+    return (
+        f"the earlier checkpoint {earlier[-1]} is still there: move {path.name} aside "
+        "to resume from it"
+    )
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)

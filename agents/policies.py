@@ -1,0 +1,111 @@
+"""The multi-task SAC policy: actor, twin critic and target critic behind SB3's policy API."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import Schedule
+from torch import Tensor
+
+from mtrl.agents.networks import Actor, Critic
+
+
+class MTSACPolicy(BasePolicy):
+    """Actor and critics over observations that end with a one-hot task id of ``num_tasks``.
+
+    Args:
+        net_arch: hidden layer sizes, shared by the actor and the critics.
+        num_tasks: length of the one-hot task id at the end of every observation.
+        multi_head: one output head per task for the actor and the critics.
+        n_critics: number of Q-functions (their minimum is used, as in SAC).
+        log_std_bounds: range of the actor's log standard deviation.
+    """
+
+    actor: Actor
+    critic: Critic
+    critic_target: Critic
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        *,
+        num_tasks: int,
+        net_arch: Sequence[int] = (400, 400, 400),
+        multi_head: bool = False,
+        n_critics: int = 2,
+        log_std_bounds: tuple[float, float] = (-20.0, 2.0),
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            squash_output=True,
+        )
+        obs_dim = int(observation_space.shape[0])
+        action_dim = int(action_space.shape[0])
+        self.net_arch = list(net_arch)
+        self.num_tasks = num_tasks
+        self.multi_head = multi_head
+        self.n_critics = n_critics
+        self.log_std_bounds = tuple(log_std_bounds)
+        self.actor = Actor(
+            obs_dim,
+            action_dim,
+            self.net_arch,
+            num_tasks=num_tasks,
+            multi_head=multi_head,
+            log_std_bounds=self.log_std_bounds,
+        )
+        self.critic = Critic(
+            obs_dim,
+            action_dim,
+            self.net_arch,
+            num_tasks=num_tasks,
+            multi_head=multi_head,
+            n_critics=n_critics,
+        )
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_target.requires_grad_(False)
+        self.critic_target.train(False)
+        lr = lr_schedule(1)
+        self.actor.optimizer = optimizer_class(
+            self.actor.parameters(), lr=lr, **self.optimizer_kwargs
+        )
+        self.critic.optimizer = optimizer_class(
+            self.critic.parameters(), lr=lr, **self.optimizer_kwargs
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            num_tasks=self.num_tasks,
+            net_arch=self.net_arch,
+            multi_head=self.multi_head,
+            n_critics=self.n_critics,
+            log_std_bounds=self.log_std_bounds,
+        )
+        return data
+
+    def _predict(self, observation: Tensor, deterministic: bool = False) -> Tensor:
+        if deterministic:
+            return self.actor.deterministic(observation)
+        noise = torch.randn(*observation.shape[:-1], self.action_space.shape[0], device=self.device)
+        return self.actor(observation, noise)[0]
+
+    def forward(self, observation: Tensor, deterministic: bool = False) -> Tensor:
+        return self._predict(observation, deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        self.actor.train(mode)
+        self.critic.train(mode)
+        self.training = mode

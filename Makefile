@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test lint format clean
+.PHONY: test train lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The main job: MT10 with GradOPS, the standard budget, device auto, into runs/.
+# Extra settings go in ARGS, e.g. make train ARGS="method=cagrad seed=1".
+train: $(VENV)/.installed
+	$(BIN)/mtrl-train $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

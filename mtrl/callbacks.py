@@ -1,0 +1,154 @@
+"""SB3 callbacks for multi-task runs: evaluation, checkpoints, a progress bar, a clean stop.
+
+Schedules count vector steps (one step of every task's env) from the environment-step counter,
+so that a resumed run keeps the schedule of the run it continues.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm.auto import tqdm
+
+from mtrl.runs import checkpoint_path, prune_checkpoints
+
+
+class VectorStepCallback(BaseCallback):
+    """A callback that fires every ``every`` vector steps and once more when training ends."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be at least 1 vector step, got {every}")
+        self.every = every
+        self.last_fired: int | None = None
+
+    @property
+    def vector_step(self) -> int:
+        return self.num_timesteps // self.training_env.num_envs
+
+    def _on_step(self) -> bool:
+        if self.vector_step % self.every == 0:
+            self._fire()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.last_fired != self.num_timesteps and self.fire_at_end():
+            self._fire()
+
+    def fire_at_end(self) -> bool:
+        return True
+
+    def _fire(self) -> None:
+        self.last_fired = self.num_timesteps
+        self.fire()
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+
+class EvaluationCallback(VectorStepCallback):
+    """Evaluates the deterministic policy and logs success per task, returns and the best so far.
+
+    ``evaluate`` maps a policy function (observations → actions) to a result with
+    ``mean_success``, ``success`` (task → rate) and ``returns`` (task → mean return).
+    """
+
+    def __init__(self, evaluate: Callable[[Callable[[np.ndarray], np.ndarray]], Any], every: int):
+        super().__init__(every)
+        self.evaluate = evaluate
+
+    def fire_at_end(self) -> bool:
+        return not self.model.stop_requested  # an interrupted run stops without a long evaluation
+
+    def fire(self) -> None:
+        result = self.evaluate(lambda obs: self.model.predict(obs, deterministic=True)[0])
+        run_state = self.model.run_state
+        run_state["last_success"] = result.mean_success
+        run_state["best_success"] = max(run_state.get("best_success", 0.0), result.mean_success)
+        self.logger.record("eval/success_rate", result.mean_success)
+        self.logger.record("eval/best_success_rate", run_state["best_success"])
+        for task, rate in result.success.items():
+            self.logger.record(f"eval/success_rate/{task}", rate)
+        for task, value in result.returns.items():
+            self.logger.record(f"eval/return/{task}", value)
+        self.logger.dump(self.num_timesteps)
+
+
+class CheckpointCallback(VectorStepCallback):
+    """Writes a full checkpoint (atomically) every ``every`` vector steps and at the end."""
+
+    def __init__(self, run_dir: Path, every: int, keep: int, replay_buffer: bool) -> None:
+        super().__init__(every)
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 checkpoint, got {keep}")
+        self.run_dir, self.keep, self.replay_buffer = Path(run_dir), keep, replay_buffer
+
+    def fire(self) -> None:
+        self.model.save(checkpoint_path(self.run_dir, self.num_timesteps), self.replay_buffer)
+        prune_checkpoints(self.run_dir, self.keep)
+
+
+class ProgressBarCallback(BaseCallback):
+    """Environment steps, steps per second and the last evaluated success rate."""
+
+    def __init__(self, total_env_steps: int) -> None:
+        super().__init__()
+        self.total = total_env_steps
+        self.bar: tqdm | None = None
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.num_timesteps,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc="env steps",
+        )
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        last = self.model.run_state.get("last_success")
+        if last is not None and self.bar.postfix != f"success={last:.2f}":
+            self.bar.set_postfix_str(f"success={last:.2f}", refresh=False)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class GracefulStop(BaseCallback):
+    """Turns the first Ctrl-C (or SIGTERM from a cluster) into a stop after the current step.
+
+    Training then ends normally, so the final checkpoint is written; a second Ctrl-C interrupts
+    at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.model.stop_requested = True
+        print("\nstopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    def _on_training_start(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._request)
+
+    def _on_step(self) -> bool:
+        return not self.requested
+
+    def _on_training_end(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

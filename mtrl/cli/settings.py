@@ -1,0 +1,138 @@
+"""Checks a composed training config and turns it into the objects a run is built from.
+
+Everything a user can get wrong on the command line is caught here, before any environment is
+built, with a message that names the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtrl.aggregators import make_aggregator
+from mtrl.envs.benchmarks import BenchmarkSpec
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be run, with what is valid instead."""
+
+
+def _integer(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if value < low or value > high or (open_low and value == low):
+        bracket = "(" if open_low else "["
+        raise ConfigError(f"{key} must be in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; anything else must be a device torch knows and has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"device={device!r} is not a device; valid: auto, cpu, cuda, cuda:N"
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} asked for CUDA, which this machine does not have")
+    return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """A validated training config."""
+
+    benchmark: BenchmarkSpec
+    method: str
+    method_kwargs: dict[str, Any]
+    agent_kwargs: dict[str, Any]
+    seed: int
+    device: torch.device
+    total_steps: int
+    eval_every: int
+    eval_episodes: int
+    checkpoint_every: int
+    checkpoint_keep: int
+    checkpoint_replay_buffer: bool
+
+    @property
+    def total_env_steps(self) -> int:
+        return self.total_steps * self.benchmark.num_tasks
+
+
+def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
+    """MTSAC's constructor arguments from the ``agent`` config group, checked."""
+    net_arch = agent["net_arch"]
+    if not isinstance(net_arch, list) or not net_arch:
+        raise ConfigError(
+            f"agent.net_arch must be a non-empty list of layer sizes, got {net_arch!r}"
+        )
+    for size in net_arch:
+        _integer("agent.net_arch entries", size, 1)
+    low, high = agent["log_std_bounds"]
+    if not low < high:
+        raise ConfigError(
+            f"agent.log_std_bounds must be [low, high] with low < high, got {[low, high]}"
+        )
+    per_task = _integer("agent.batch_size_per_task", agent["batch_size_per_task"], 1)
+    buffer_size = _integer("agent.buffer_size", agent["buffer_size"], num_tasks)
+    warmup = _integer("agent.warmup_steps", agent["warmup_steps"], 0)
+    return {
+        "learning_rate": _number(
+            "agent.learning_rate", agent["learning_rate"], 0, 1, open_low=True
+        ),
+        "gamma": _number("agent.gamma", agent["gamma"], 0, 1),
+        "tau": _number("agent.tau", agent["tau"], 0, 1, open_low=True),
+        "batch_size": per_task * num_tasks,
+        "buffer_size": buffer_size,
+        "learning_starts": warmup * num_tasks,
+        "gradient_steps": _integer("agent.gradient_steps", agent["gradient_steps"], 1),
+        "initial_alpha": _number(
+            "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
+        ),
+        "policy_kwargs": {
+            "net_arch": list(net_arch),
+            "multi_head": bool(agent["multi_head"]),
+            "n_critics": _integer("agent.n_critics", agent["n_critics"], 1),
+            "log_std_bounds": [float(low), float(high)],
+        },
+    }
+
+
+def train_settings(cfg: DictConfig) -> TrainSettings:
+    """Validate a composed ``train`` config; raises :class:`ConfigError` or ``ValueError``."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    method = dict(container["method"])
+    name = method.pop("name")
+    try:
+        benchmark = BenchmarkSpec(**container["benchmark"])
+        make_aggregator(name, **method)  # unknown names and bad values fail here
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+    evaluation, checkpoint = container["eval"], container["checkpoint"]
+    return TrainSettings(
+        benchmark=benchmark,
+        method=name,
+        method_kwargs=method,
+        agent_kwargs=agent_kwargs(container["agent"], benchmark.num_tasks),
+        seed=_integer("seed", container["seed"], 0),
+        device=resolve_device(str(container["device"])),
+        total_steps=_integer("total_steps", container["total_steps"], 1),
+        eval_every=_integer("eval.every", evaluation["every"], 1),
+        eval_episodes=_integer("eval.episodes", evaluation["episodes"], 1),
+        checkpoint_every=_integer("checkpoint.every", checkpoint["every"], 1),
+        checkpoint_keep=_integer("checkpoint.keep", checkpoint["keep"], 1),
+        checkpoint_replay_buffer=bool(checkpoint["replay_buffer"]),
+    )

@@ -1,0 +1,32 @@
+"""Helpers to compose training configs and read TensorBoard event files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import mtrl.cli.train  # noqa: F401  (registers the config resolver)
+
+
+def train_config(*overrides: str):
+    with initialize_config_module("mtrl.configs", version_base="1.3"):
+        return compose("train", overrides=["progress_bar=false", *overrides])
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+@pytest.fixture(scope="session")
+def mt1_run(tmp_path_factory) -> Path:
+    """A finished smoke run on MT1 reach-v3, for tests that need a run directory."""
+    from mtrl.cli.train import run
+
+    run_dir = tmp_path_factory.mktemp("mt1-run")
+    run(train_config("experiment=smoke", "benchmark=mt1", "total_steps=200"), run_dir)
+    return run_dir

@@ -4,7 +4,22 @@ Each method maps the Gram matrix of the per-task gradients to task weights; see
 :mod:`mtrl.aggregators.base` for the interface and :func:`aggregate` for applying one.
 """
 
-from mtrl.aggregators import cagrad, gradops, mean, pcgrad  # noqa: F401  (registers them)
+from mtrl.aggregators import (  # noqa: F401  (registers them)
+    aligned_mtl,
+    cagrad,
+    cagrad_fast,
+    conicgrad,
+    famo,
+    gradops,
+    gradvac,
+    imgrad,
+    mean,
+    mgda,
+    nash_mtl,
+    pcgrad,
+    sdmgrad,
+)
+from mtrl.aggregators.aligned_mtl import AlignedMTL
 from mtrl.aggregators.base import (
     Aggregation,
     Aggregator,
@@ -17,18 +32,36 @@ from mtrl.aggregators.base import (
     register,
 )
 from mtrl.aggregators.cagrad import CAGrad
+from mtrl.aggregators.cagrad_fast import FastCAGrad
+from mtrl.aggregators.conicgrad import ConicGrad
+from mtrl.aggregators.famo import FAMO
 from mtrl.aggregators.gradops import GradOPS
+from mtrl.aggregators.gradvac import GradVac
+from mtrl.aggregators.imgrad import IMGrad
 from mtrl.aggregators.mean import Mean
+from mtrl.aggregators.mgda import MGDA
+from mtrl.aggregators.nash_mtl import NashMTL
 from mtrl.aggregators.pcgrad import PCGrad
+from mtrl.aggregators.sdmgrad import SDMGrad, SDMGradOS
 
 __all__ = [
+    "FAMO",
+    "MGDA",
     "Aggregation",
     "Aggregator",
+    "AlignedMTL",
     "CAGrad",
+    "ConicGrad",
+    "FastCAGrad",
     "GradOPS",
+    "GradVac",
+    "IMGrad",
     "Mean",
+    "NashMTL",
     "NonFiniteGradientError",
     "PCGrad",
+    "SDMGrad",
+    "SDMGradOS",
     "aggregate",
     "available",
     "check_finite",

@@ -8,6 +8,7 @@ solve tiny (K×K) whatever the number of parameters, and leaves ``J`` to be comp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -25,10 +26,22 @@ class Aggregator:
     """Base class: subclasses are dataclasses whose fields are the method's hyperparameters."""
 
     name: ClassVar[str]
+    # Whether ``weights`` reads the Gram matrix. Methods that do not (``mean``) can also run
+    # from one backward pass of their weighted losses, without per-task gradients.
+    needs_gram: ClassVar[bool] = True
+    # Whether the weights come from the losses alone: then no per-task gradient is ever
+    # computed, and ``observe`` sees each task's loss before and after every step.
+    loss_based: ClassVar[bool] = False
+    # Whether the method takes logarithms of the losses: then it cannot weight losses that may be
+    # negative, such as SAC's actor loss, and MTSAC uses it for the critic only.
+    requires_positive_losses: ClassVar[bool] = False
 
-    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+    def weights(self, gram: Tensor | None, losses: Tensor | None = None) -> Tensor:
         """Task weights ``w`` (shape ``[K]``, dtype of ``gram``): the update is ``Jᵀ w``."""
         raise NotImplementedError
+
+    def observe(self, losses_before: Tensor, losses_after: Tensor) -> None:
+        """Learn from a step's effect on the task losses (loss-based methods only)."""
 
     def reset(self) -> None:
         """Forget any state kept across calls (nothing, for stateless methods)."""
@@ -99,24 +112,36 @@ def check_finite(gram: Tensor) -> None:
 
 
 class Aggregation(NamedTuple):
-    """The combined gradient ``Jᵀ w``, the task weights ``w``, and the Gram matrix ``J Jᵀ``."""
+    """The combined gradient ``Jᵀ w``, the task weights ``w``, and the Gram matrix ``J Jᵀ``.
 
-    update: Tensor
+    When the Jacobian was given in column blocks, ``update`` is a list with one block each.
+    """
+
+    update: Tensor | list[Tensor]
     weights: Tensor
     gram: Tensor
 
 
 def aggregate(
-    aggregator: Aggregator, jacobian: Tensor, losses: Tensor | None = None
+    aggregator: Aggregator,
+    jacobian: Tensor | Sequence[Tensor],
+    losses: Tensor | None = None,
+    gram: Tensor | None = None,
 ) -> Aggregation:
     """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
 
-    Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The Gram matrix comes
-    back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
+    ``jacobian`` may also be a list of column blocks ``[K, P_i]`` (one per parameter, say), so
+    that the gradients are never copied into one matrix; ``gram`` may be given if the caller
+    already has it. Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The
+    Gram matrix comes back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
     """
-    if jacobian.ndim != 2:
-        raise ValueError(f"expected a Jacobian of shape [K, P], got {tuple(jacobian.shape)}")
-    gram = jacobian @ jacobian.T
+    blocks = [jacobian] if isinstance(jacobian, Tensor) else list(jacobian)
+    if not blocks or any(block.ndim != 2 for block in blocks):
+        shapes = [tuple(block.shape) for block in blocks]
+        raise ValueError(f"expected a Jacobian of shape [K, P] (or blocks of it), got {shapes}")
+    if gram is None:
+        gram = sum(block @ block.T for block in blocks)
     check_finite(gram)
     weights = aggregator.weights(gram, losses)
-    return Aggregation(weights @ jacobian, weights, gram)
+    update = [weights @ block for block in blocks]
+    return Aggregation(update[0] if isinstance(jacobian, Tensor) else update, weights, gram)

@@ -1,6 +1,10 @@
 """CAGrad: the update that maximises the worst task improvement near the average gradient.
 
 Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021.
+
+The dual solve and the update are module functions of a general "anchor" (the weights of the
+average gradient) and radius, so that IMGrad (a rescaled radius) and Fast CAGrad (grouped
+gradients) reuse them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,36 @@ from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
 from mtrl.aggregators.simplex import minimize_on_simplex
+from mtrl.aggregators.tools import uniform
 
 RESCALES = (0, 1, 2)
+
+
+def conflict_averse_dual(gram: Tensor, anchor: Tensor, radius: Tensor, smoothing: float) -> Tensor:
+    """``argmin_{w∈Δ} wᵀ G a + ρ sqrt(wᵀ G w + smoothing²)`` for a float64 Gram matrix ``G``,
+    anchor weights ``a`` (``g0 = Jᵀa``) and radius ``ρ ≥ 0`` (CAGrad: ``ρ = c‖g0‖``)."""
+    linear = gram @ anchor
+    floor = smoothing**2
+
+    def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
+        gw = gram @ w
+        norm = ((w @ gw).clamp_min(0) + floor).sqrt()
+        gradient = linear + radius * gw / norm
+        hessian = radius * (gram / norm - torch.outer(gw, gw) / norm**3)
+        return gradient, hessian
+
+    return minimize_on_simplex(gradient_and_hessian, gram.shape[0], like=gram)
+
+
+def conflict_averse_update(
+    gram: Tensor, anchor: Tensor, w: Tensor, c: float, rescale: int, smoothing: float
+) -> Tensor:
+    """Weights of ``d = (g0 + c‖g0‖ g_w / ‖g_w‖) / r`` with ``g0 = Jᵀa``, ``g_w = Jᵀw`` and
+    ``r`` = 1, 1 + c² or 1 + c for ``rescale`` 0, 1, 2 (CAGrad's update)."""
+    radius = c * (anchor @ gram @ anchor).clamp_min(0).sqrt()
+    norm = ((w @ gram @ w).clamp_min(0) + smoothing**2).sqrt()
+    update = anchor + radius * w / norm
+    return update / (1.0, 1.0 + c**2, 1.0 + c)[rescale]
 
 
 @register("cagrad")
@@ -39,48 +71,35 @@ class CAGrad(Aggregator):
 
     def __post_init__(self) -> None:
         if not 0 <= self.c < 1:
-            raise ValueError(f"cagrad: c must be in [0, 1), got {self.c}")
+            raise ValueError(f"{self.name}: c must be in [0, 1), got {self.c}")
         if self.rescale not in RESCALES:
-            raise ValueError(f"cagrad: rescale must be one of {RESCALES}, got {self.rescale}")
+            raise ValueError(f"{self.name}: rescale must be one of {RESCALES}, got {self.rescale}")
         if not 0 < self.smoothing < 1:
-            raise ValueError(f"cagrad: smoothing must be in (0, 1), got {self.smoothing}")
+            raise ValueError(f"{self.name}: smoothing must be in (0, 1), got {self.smoothing}")
+
+    def radius(self, gram: Tensor) -> Tensor:
+        """``ρ`` of the dual ``g_wᵀg0 + ρ‖g_w‖`` for the normalised float64 ``gram``."""
+        mean = uniform(gram.shape[0], gram)
+        return self.c * (mean @ gram @ mean).clamp_min(0).sqrt()
 
     def dual_objective(self, gram: Tensor, w: Tensor) -> Tensor:
         """``g_wᵀg0 + c‖g0‖‖g_w‖`` for the (normalised, float64) Gram matrix ``gram``; ``w`` may
         carry leading batch dimensions."""
-        mean = torch.full(
-            (gram.shape[0],), 1.0 / gram.shape[0], dtype=gram.dtype, device=gram.device
-        )
-        radius = self.c * (mean @ gram @ mean).clamp_min(0).sqrt()
+        mean = uniform(gram.shape[0], gram)
         gw = w @ gram
-        return gw @ mean + radius * (gw * w).sum(dim=-1).clamp_min(0).sqrt()
+        return gw @ mean + self.radius(gram) * (gw * w).sum(dim=-1).clamp_min(0).sqrt()
 
     def solve_dual(self, gram: Tensor) -> Tensor:
         """``w*`` for the normalised float64 Gram matrix ``gram``."""
-        size = gram.shape[0]
-        mean = torch.full((size,), 1.0 / size, dtype=gram.dtype, device=gram.device)
-        linear = gram @ mean
-        radius = self.c * (mean @ linear).clamp_min(0).sqrt()
-        floor = self.smoothing**2
-
-        def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
-            gw = gram @ w
-            norm = ((w @ gw).clamp_min(0) + floor).sqrt()
-            gradient = linear + radius * gw / norm
-            hessian = radius * (gram / norm - torch.outer(gw, gw) / norm**3)
-            return gradient, hessian
-
-        return minimize_on_simplex(gradient_and_hessian, size, like=gram)
+        mean = uniform(gram.shape[0], gram)
+        return conflict_averse_dual(gram, mean, self.radius(gram), self.smoothing)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        size = gram.shape[0]
         g = normalized_gram(gram)
-        mean = torch.full((size,), 1.0 / size, dtype=g.dtype, device=g.device)
+        mean = uniform(g.shape[0], g)
         if self.c == 0:
             return mean.to(gram.dtype)
         w = self.solve_dual(g)
-        radius = self.c * (mean @ g @ mean).clamp_min(0).sqrt()
-        norm = ((w @ g @ w).clamp_min(0) + self.smoothing**2).sqrt()
-        update = mean + radius * w / norm
-        update = update / (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
-        return update.to(gram.dtype)
+        return conflict_averse_update(g, mean, w, self.c, self.rescale, self.smoothing).to(
+            gram.dtype
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -15,6 +16,9 @@ from mtrl.aggregators.base import Aggregator, register
 class Mean(Aggregator):
     """``w_i = 1/K``: the gradient of the mean of the task losses."""
 
-    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        size = gram.shape[0]
-        return torch.full((size,), 1.0 / size, dtype=gram.dtype, device=gram.device)
+    needs_gram: ClassVar[bool] = False
+
+    def weights(self, gram: Tensor | None, losses: Tensor | None = None) -> Tensor:
+        like = gram if gram is not None else losses
+        size = like.shape[0]
+        return torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.tools import reseed
 
 
 @register("pcgrad")
@@ -41,8 +42,7 @@ class PCGrad(Aggregator):
         self.reset()
 
     def reset(self) -> None:
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-        self._generator.manual_seed(seed)
+        reseed(self._generator, self.seed)
 
     def visiting_orders(self, size: int) -> Tensor:
         """One random permutation of the other tasks per task: row i lists the j ≠ i."""

@@ -1,11 +1,10 @@
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtrl.aggregators import CAGrad, aggregate, make_aggregator, normalized_gram
+from tests.aggregators.helpers import simplex_grid
 from tests.strategies import jacobians
 
 
@@ -37,12 +36,6 @@ def test_strong_duality_certifies_the_solution(jacobian, c):
     primal = (jacobian @ update).min() / scale
     assert primal <= dual + 1e-9
     assert dual - primal < 1e-5
-
-
-def simplex_grid(size: int, steps: int) -> torch.Tensor:
-    points = [p for p in itertools.product(range(steps + 1), repeat=size - 1) if sum(p) <= steps]
-    grid = torch.tensor(points, dtype=torch.float64) / steps
-    return torch.cat([grid, 1 - grid.sum(dim=1, keepdim=True)], dim=1)
 
 
 @settings(max_examples=30, deadline=None)

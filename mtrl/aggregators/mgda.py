@@ -1,0 +1,40 @@
+"""MGDA: the minimum-norm point of the convex hull of the task gradients.
+
+Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.simplex import minimize_on_simplex
+
+
+def min_norm_weights(gram: Tensor, shift: Tensor | None = None) -> Tensor:
+    """``argmin_{w∈Δ} ½‖Jᵀ(w + s)‖²`` for a float64 Gram matrix ``G = J Jᵀ`` and fixed weights
+    ``s`` (none: MGDA's min-norm point; ``λ/K``: SDMGrad's regularised one)."""
+    offset = gram @ shift if shift is not None else 0.0
+
+    def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
+        return gram @ w + offset, gram
+
+    return minimize_on_simplex(gradient_and_hessian, gram.shape[0], like=gram)
+
+
+@register("mgda")
+@dataclasses.dataclass
+class MGDA(Aggregator):
+    """``w* = argmin_{w∈Δ} wᵀGw``, update ``Jᵀw*``: the shortest vector in the convex hull of
+    the task gradients. If it is not zero, it has a positive inner product with every task
+    gradient (``g_i·Jᵀw* ≥ ‖Jᵀw*‖²``); if it is zero, the point is Pareto-stationary.
+
+    The quadratic program is solved by the on-device Newton barrier method of
+    :mod:`mtrl.aggregators.simplex` instead of the paper's Frank–Wolfe iterations; the weights
+    sum to 1 (some implementations scale them to sum to K). No hyperparameters.
+    """
+
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        return min_norm_weights(normalized_gram(gram)).to(gram.dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,22 +36,33 @@ from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.policies import MTSACPolicy
 from mtrl.aggregators import NonFiniteGradientError, aggregate, make_aggregator
 from mtrl.checkpoint import CheckpointError, load_state, save_atomic
-from mtrl.conflict import conflict_stats
-from mtrl.jacobian import flatten_gradients, per_task_gradients, unflatten_update
+from mtrl.conflict import LayerConflicts, conflict_stats
+from mtrl.jacobian import per_task_gradients, per_task_gradients_loop
+from mtrl.optim import AdaTask
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans
 
 CHECKPOINT_FORMAT = "mtrl.MTSAC"
 CHECKPOINT_VERSION = 1
 DEFAULT_BATCH_PER_TASK = 128
+GRADIENT_MODES = ("vmap", "loop", "none")
+
+
+# The losses below take one task's slice of a batch (``layout="single"``, under vmap) or the
+# whole ``[K, B]`` batch (``layout="grouped"``), and then return one loss per task.
 
 
 def critic_task_loss(
-    params: dict[str, Tensor], obs: Tensor, actions: Tensor, target: Tensor, critic: Critic
+    params: dict[str, Tensor],
+    obs: Tensor,
+    actions: Tensor,
+    target: Tensor,
+    critic: Critic,
+    layout: str,
 ) -> tuple[Tensor, Tensor]:
-    """One task's critic loss: half the summed mean squared TD errors of the critics."""
-    q_values = functional_call(critic, params, (obs, actions))
-    loss = 0.5 * (q_values - target).square().mean(dim=1).sum()
+    """Critic loss: half the summed mean squared TD errors of the critics."""
+    q_values = functional_call(critic, params, (obs, actions), {"layout": layout})
+    loss = 0.5 * (q_values - target).square().mean(dim=-1).sum(dim=0)
     return loss, loss
 
 
@@ -62,12 +74,13 @@ def actor_task_loss(
     actor: Actor,
     critic: Critic,
     critic_params: dict[str, Tensor],
+    layout: str,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """One task's actor loss ``E[α log π(a|s) − min_i Q_i(s, a)]``, with the critic frozen."""
-    actions, log_prob = functional_call(actor, params, (obs, noise))
-    q_value = functional_call(critic, critic_params, (obs, actions)).min(dim=0).values
-    loss = (alpha * log_prob - q_value).mean()
-    return loss, (loss, log_prob.mean())
+    """Actor loss ``E[α log π(a|s) − min_i Q_i(s, a)]``, with the critic frozen."""
+    actions, log_prob = functional_call(actor, params, (obs, noise), {"layout": layout})
+    q_value = functional_call(critic, critic_params, (obs, actions), {"layout": layout})
+    loss = (alpha.unsqueeze(-1) * log_prob - q_value.min(dim=0).values).mean(dim=-1)
+    return loss, (loss, log_prob.mean(dim=-1))
 
 
 def _box_to_data(box: spaces.Box) -> dict[str, Any]:
@@ -97,6 +110,13 @@ class MTSAC(OffPolicyAlgorithm):
         learning_starts: environment steps (over all tasks) of uniform random actions first.
         initial_alpha: starting temperature of every task.
         target_entropy: ``"auto"`` for −|A|.
+        per_task_gradients: ``"vmap"`` (one vectorised pass, the default), ``"loop"`` (one
+            backward pass per task: the reference that older code bases use), or ``"none"`` (one
+            backward pass of the weighted task losses, for methods that need no Gram matrix,
+            such as ``mean``, which is then plain multi-task SAC, without conflict logging).
+            Loss-based methods (``famo``) never compute per-task gradients.
+        recon_threshold: S of Recon's per-layer conflict scores (``recon/...`` in TensorBoard):
+            a task pair conflicts on a layer when its cosine there is below S.
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -120,6 +140,8 @@ class MTSAC(OffPolicyAlgorithm):
         gradient_steps: int = 1,
         initial_alpha: float = 1.0,
         target_entropy: str | float = "auto",
+        per_task_gradients: str = "vmap",
+        recon_threshold: float = 0.0,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -130,7 +152,18 @@ class MTSAC(OffPolicyAlgorithm):
         self.aggregator_name = aggregator
         self.aggregator_kwargs = dict(aggregator_kwargs or {})
         # Fail on a bad method name or hyperparameter before anything is allocated.
-        make_aggregator(self.aggregator_name, **self.aggregator_kwargs)
+        method = make_aggregator(self.aggregator_name, **self.aggregator_kwargs)
+        if per_task_gradients not in GRADIENT_MODES:
+            raise ValueError(
+                f"per_task_gradients={per_task_gradients!r}; valid: {', '.join(GRADIENT_MODES)}"
+            )
+        if per_task_gradients == "none" and method.needs_gram:
+            raise ValueError(
+                f"method {aggregator!r} combines per-task gradients, so per_task_gradients "
+                "cannot be 'none' (only methods that weight losses, such as mean, can)"
+            )
+        self.per_task_gradients = per_task_gradients
+        self.recon_threshold = recon_threshold
         if initial_alpha <= 0:
             raise ValueError(f"initial_alpha must be positive, got {initial_alpha}")
         super().__init__(
@@ -198,7 +231,17 @@ class MTSAC(OffPolicyAlgorithm):
             name: make_aggregator(self.aggregator_name, **self.aggregator_kwargs)
             for name in ("critic", "actor")
         }
+        if self.aggregators["actor"].requires_positive_losses:
+            self.aggregators["actor"] = make_aggregator("mean")  # the actor loss can be negative
+        # Loss-based methods (FAMO) take one backward pass: no per-task gradient anywhere.
+        self.summed_losses = (
+            self.per_task_gradients == "none" or self.aggregators["critic"].loss_based
+        )
         self.stats = DeviceMeans()
+        self.layer_conflicts = {
+            name: LayerConflicts(self.shared_layers(network), self.recon_threshold)
+            for name, network in (("critic", self.critic), ("actor", self.actor))
+        }
         # Plain data that callbacks keep across a resume (best evaluation so far, benchmark).
         self.run_state: dict[str, Any] = {}
         self.stop_requested = False
@@ -220,35 +263,30 @@ class MTSAC(OffPolicyAlgorithm):
         """One gradient step of the critic, the actor and the temperatures on a ``[K, B]`` batch."""
         alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
-            next_obs = batch.next_observations.flatten(0, 1)
-            noise = torch.randn(*next_obs.shape[:-1], batch.actions.shape[-1], device=self.device)
-            next_actions, next_log_prob = self.actor(next_obs, noise)
-            next_q = self.critic_target(next_obs, next_actions).min(dim=0).values
-            soft_value = next_q - alpha.repeat_interleave(batch.rewards.shape[1]) * next_log_prob
-            target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value.view_as(
-                batch.rewards
+            next_actions, next_log_prob = self.actor(
+                batch.next_observations, torch.randn_like(batch.actions), "grouped"
             )
+            next_q = self.critic_target(batch.next_observations, next_actions, "grouped")
+            soft_value = next_q.min(dim=0).values - alpha.unsqueeze(-1) * next_log_prob
+            target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value
 
-        critic_params = dict(self.critic.named_parameters())
-        gradients, critic_losses = per_task_gradients(
+        critic_losses = self._step(
+            self.critic,
             critic_task_loss,
-            critic_params,
             (batch.observations, batch.actions, target),
             (self.critic,),
+            "critic",
         )
-        self._apply(self.critic, gradients, critic_losses, "critic")
-
-        frozen_critic = {name: p.detach() for name, p in critic_params.items()}
-        actor_noise = torch.randn_like(batch.actions)
-        gradients, (actor_losses, log_probs) = per_task_gradients(
+        frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
+        actor_losses, log_probs = self._step(
+            self.actor,
             actor_task_loss,
-            dict(self.actor.named_parameters()),
-            (batch.observations, actor_noise, alpha),
+            (batch.observations, torch.randn_like(batch.actions), alpha),
             (self.actor, self.critic, frozen_critic),
+            "actor",
         )
-        self._apply(self.actor, gradients, actor_losses, "actor")
 
-        alpha_loss = -(self.log_alpha * (log_probs + self.target_entropy)).mean()
+        alpha_loss = -(self.log_alpha * (log_probs.detach() + self.target_entropy)).mean()
         if self._all_finite(alpha_loss):
             self.alpha_optimizer.zero_grad()
             alpha_loss.backward()
@@ -266,6 +304,43 @@ class MTSAC(OffPolicyAlgorithm):
     def _all_finite(*tensors: Tensor) -> bool:
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
+    def _step(
+        self,
+        network: Actor | Critic,
+        loss_fn: Callable[..., tuple[Tensor, Any]],
+        task_inputs: tuple[Tensor, ...],
+        shared_inputs: tuple[Any, ...],
+        name: str,
+    ) -> Any:
+        """Update ``network`` on its per-task losses; returns ``loss_fn``'s per-task outputs."""
+        aggregator = self.aggregators[name]
+        params = dict(network.named_parameters())
+        if self.summed_losses:
+            # One backward pass of the weighted task losses: no Jacobian at all.
+            losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+            weights = aggregator.weights(None, losses.detach())
+            self.stats.add(f"grad/{name}/weight", weights, self.task_names)
+            network.optimizer.zero_grad()
+            (weights * losses).sum().backward()
+            grads = [p.grad for p in params.values() if p.grad is not None]
+            if not self._all_finite(losses, *grads):
+                self.skipped_updates[name] += 1
+                return aux
+            network.optimizer.step()
+            if aggregator.loss_based:
+                # Loss-based methods learn from how the step changed each task's loss.
+                with torch.no_grad():
+                    after, _ = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+                aggregator.observe(losses.detach(), after)
+            return aux
+        compute = (
+            per_task_gradients if self.per_task_gradients == "vmap" else per_task_gradients_loop
+        )
+        gradients, aux = compute(loss_fn, params, task_inputs, (*shared_inputs, "single"))
+        losses = aux[0] if isinstance(aux, tuple) else aux
+        self._apply(network, gradients, losses, name)
+        return aux
+
     def _apply(
         self,
         network: Actor | Critic,
@@ -280,20 +355,45 @@ class MTSAC(OffPolicyAlgorithm):
         if not self._all_finite(losses, *(gradients[n] for n in own)):
             self.skipped_updates[name] += 1
             return
+        # The Jacobian stays in per-parameter blocks: their Gram matrices add up to J Jᵀ and
+        # give each layer's own conflicts on the way.
+        blocks = {n: gradients[n].flatten(start_dim=1) for n in shared}
+        grams = {n: block @ block.T for n, block in blocks.items()}
         try:
             update, weights, gram = aggregate(
-                self.aggregators[name], flatten_gradients(gradients, list(shared)), losses
+                self.aggregators[name], list(blocks.values()), losses, gram=sum(grams.values())
             )
         except NonFiniteGradientError:
             self.skipped_updates[name] += 1
             return
-        for param_name, grad in unflatten_update(update, shared).items():
-            params[param_name].grad = grad
+        for param, grad in zip(shared.values(), update, strict=True):
+            param.grad = grad.view_as(param)
         for param_name in own:
             # The mean over tasks, as for the shared parameters under plain averaging.
             params[param_name].grad = gradients[param_name].mean(dim=0)
+        if isinstance(network.optimizer, AdaTask):
+            # Each task's share w_t g_t of the update gets its own Adam moments.
+            network.optimizer.set_task_gradients(
+                {
+                    params[n]: weights.view(-1, *(1,) * params[n].dim()) * gradients[n]
+                    for n in shared
+                }
+            )
         network.optimizer.step()
         self._record_conflicts(name, gram, weights)
+        layer_grams = [
+            sum(grams[f"net.{p}"] for p in names)
+            for layer, names in enumerate(network.net.layer_parameters())
+            if layer not in network.net.task_layers
+        ]
+        conflicts = self.layer_conflicts[name]
+        self.stats.add(f"recon/{name}", conflicts.add(layer_grams), conflicts.layers)
+
+    @staticmethod
+    def shared_layers(network: Actor | Critic) -> list[str]:
+        """Names of the layers that every task shares (``layer0`` is the first)."""
+        depth = len(network.net.layer_parameters())
+        return [f"layer{i}" for i in range(depth) if i not in network.net.task_layers]
 
     def _record_conflicts(self, name: str, gram: Tensor, weights: Tensor) -> None:
         stats = conflict_stats(gram, weights)
@@ -360,6 +460,8 @@ class MTSAC(OffPolicyAlgorithm):
             "gradient_steps": int(self.gradient_steps),
             "initial_alpha": float(self.initial_alpha),
             "target_entropy": float(self.target_entropy),
+            "per_task_gradients": self.per_task_gradients,
+            "recon_threshold": float(self.recon_threshold),
             "policy_kwargs": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in policy_kwargs.items()
             },
@@ -394,6 +496,7 @@ class MTSAC(OffPolicyAlgorithm):
             },
             "rng": _rng_state(self.action_space),
             "run_state": dict(self.run_state),
+            "layer_conflicts": {n: c.state_dict() for n, c in self.layer_conflicts.items()},
         }
         if include_replay_buffer:
             state["replay_buffer"] = self.replay_buffer.state_dict()
@@ -456,6 +559,8 @@ class MTSAC(OffPolicyAlgorithm):
         self._episode_num = counters["episode_num"]
         self.skipped_updates = dict(counters["skipped_updates"])
         self.run_state = dict(state["run_state"])
+        for name, conflicts in self.layer_conflicts.items():
+            conflicts.load_state_dict(state["layer_conflicts"][name])
         if "replay_buffer" in state:
             self.replay_buffer.load_state_dict(state["replay_buffer"])
         _set_rng_state(state["rng"], self.action_space)

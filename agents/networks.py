@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,11 +23,18 @@ def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:
 
 
 class EnsembleMLP(nn.Module):
-    """``members`` MLPs of the same shape, evaluated together with one batched product per layer.
+    """``members`` ReLU MLPs of the same shape, evaluated with one batched product per layer.
 
-    With ``multi_head`` the last layer has one copy per task, and each sample uses the head of
-    its own task (read off the one-hot task id). The heads are then the task-specific
-    parameters; every other parameter is shared by all tasks.
+    Layers listed in ``task_layers`` (0 is the first, ``len(hidden)`` the output layer) have one
+    copy per task, picked by the one-hot task id of each sample: these are the task-specific
+    parameters, every other parameter is shared by all tasks. A per-task output layer is the
+    usual multi-head network; other layers can be made task-specific as Recon proposes.
+
+    ``forward`` takes one of three batch layouts: ``"mixed"`` samples of any tasks (each picks
+    its own copy of a task-specific layer); ``"single"`` samples all of one task, as in the
+    per-task slices of a vmapped training batch (the copy is picked once for the batch); and
+    ``"grouped"`` a ``[K, B, in]`` batch whose slice k belongs to task k (each slice is
+    multiplied by its task's copy in one batched product).
     """
 
     def __init__(
@@ -38,42 +45,60 @@ class EnsembleMLP(nn.Module):
         *,
         members: int = 1,
         num_tasks: int = 1,
-        multi_head: bool = False,
+        task_layers: Iterable[int] = (),
     ) -> None:
         super().__init__()
+        dims = [in_dim, *hidden, out_dim]
         self.members = members
-        self.multi_head = multi_head
-        dims = [in_dim, *hidden]
-        # The default initialisation of nn.Linear, member by member.
-        self.weights = nn.ParameterList(
-            _uniform((members, fan_in, fan_out), 1 / math.sqrt(fan_in))
-            for fan_in, fan_out in itertools.pairwise(dims)
-        )
-        self.biases = nn.ParameterList(
-            _uniform((members, 1, fan_out), 1 / math.sqrt(fan_in))
-            for fan_in, fan_out in itertools.pairwise(dims)
-        )
-        heads = num_tasks if multi_head else 1
-        bound = 1 / math.sqrt(dims[-1])
-        self.head_weight = _uniform((members, heads, dims[-1], out_dim), bound)
-        self.head_bias = _uniform((members, heads, 1, out_dim), bound)
+        self.task_layers = sorted(set(task_layers))
+        if any(not 0 <= layer < len(dims) - 1 for layer in self.task_layers):
+            raise ValueError(
+                f"task-specific layers {self.task_layers} do not exist: the network has layers "
+                f"0..{len(dims) - 2}"
+            )
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(dims)):
+            copies = num_tasks if layer in self.task_layers else 1
+            bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+            self.weights.append(_uniform((members, copies, fan_in, fan_out), bound))
+            self.biases.append(_uniform((members, copies, 1, fan_out), bound))
+
+    def layer_parameters(self) -> list[list[str]]:
+        """The parameter names of each layer, in order."""
+        return [[f"weights.{i}", f"biases.{i}"] for i in range(len(self.weights))]
 
     def task_specific_parameters(self) -> list[str]:
-        """Names of the parameters that belong to single tasks (none without ``multi_head``)."""
-        return ["head_weight", "head_bias"] if self.multi_head else []
+        return [name for i in self.task_layers for name in self.layer_parameters()[i]]
 
-    def forward(self, x: Tensor, task_onehot: Tensor) -> Tensor:
-        """``x`` of shape ``[B, in]`` → ``[members, B, out]``."""
-        h = x.unsqueeze(0).expand(self.members, *x.shape)
-        for weight, bias in zip(self.weights, self.biases, strict=True):
-            h = torch.relu(torch.baddbmm(bias, h, weight))
-        if not self.multi_head:
-            return torch.baddbmm(self.head_bias[:, 0], h, self.head_weight[:, 0])
-        # Every head on every sample costs K times the (tiny) output layer, and keeps the
-        # selection a product with the one-hot rather than an index that would not vmap.
-        every_head = torch.einsum("ebh,ekho->ebko", h, self.head_weight)
-        every_head = every_head + self.head_bias.transpose(1, 2)
-        return (every_head * task_onehot[None, :, :, None]).sum(dim=2)
+    def forward(self, x: Tensor, task_onehot: Tensor, layout: str = "mixed") -> Tensor:
+        """``x`` of shape ``[..., in]`` → ``[members, ..., out]``."""
+        lead = x.shape[:-1]
+        h = x.reshape(1, -1, x.shape[-1]).expand(self.members, -1, -1)
+        last = len(self.weights) - 1
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if weight.shape[1] == 1:
+                h = torch.baddbmm(bias[:, 0], h, weight[:, 0])
+            elif layout == "single":
+                # The one-hot picks the task's copy exactly (a sum of zeros and one copy), and
+                # unlike an index it vmaps over the task axis.
+                onehot = task_onehot.reshape(-1, task_onehot.shape[-1])[0]
+                h = torch.baddbmm(
+                    torch.einsum("k,ekio->eio", onehot, bias),
+                    h,
+                    torch.einsum("k,ekio->eio", onehot, weight),
+                )
+            elif layout == "grouped":
+                grouped = h.view(self.members, lead[0], -1, h.shape[-1])
+                h = (torch.einsum("ekbi,ekio->ekbo", grouped, weight) + bias).flatten(1, 2)
+            else:
+                onehot = task_onehot.reshape(-1, task_onehot.shape[-1])
+                h = torch.einsum("ebi,bk,ekio->ebo", h, onehot, weight) + torch.einsum(
+                    "bk,ekio->ebo", onehot, bias
+                )
+            if layer < last:
+                h = torch.relu(h)
+        return h.view(self.members, *lead, h.shape[-1])
 
 
 class Actor(nn.Module):
@@ -86,26 +111,26 @@ class Actor(nn.Module):
         hidden: Sequence[int],
         *,
         num_tasks: int,
-        multi_head: bool = False,
+        task_layers: Iterable[int] = (),
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.log_std_min, self.log_std_max = log_std_bounds
         self.net = EnsembleMLP(
-            obs_dim, hidden, 2 * action_dim, num_tasks=num_tasks, multi_head=multi_head
+            obs_dim, hidden, 2 * action_dim, num_tasks=num_tasks, task_layers=task_layers
         )
 
-    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def distribution(self, obs: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the Gaussian before the tanh."""
-        out = self.net(obs, obs[..., -self.num_tasks :])[0]
+        out = self.net(obs, obs[..., -self.num_tasks :], layout)[0]
         mean, log_std = out.chunk(2, dim=-1)
         span = self.log_std_max - self.log_std_min
         return mean, self.log_std_min + 0.5 * span * (torch.tanh(log_std) + 1)
 
-    def forward(self, obs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, obs: Tensor, noise: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
         """A reparameterised action for standard-normal ``noise``, and its log-probability."""
-        mean, log_std = self.distribution(obs)
+        mean, log_std = self.distribution(obs, layout)
         pre_tanh = mean + log_std.exp() * noise
         action = torch.tanh(pre_tanh)
         gaussian = (-0.5 * noise.square() - log_std - HALF_LOG_TWO_PI).sum(dim=-1)
@@ -118,7 +143,7 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """``n_critics`` Q-functions evaluated as one ensemble: ``Q(s, a)`` of shape ``[n, B]``."""
+    """``n_critics`` Q-functions evaluated as one ensemble: ``Q(s, a)`` of shape ``[n, ...]``."""
 
     def __init__(
         self,
@@ -127,7 +152,7 @@ class Critic(nn.Module):
         hidden: Sequence[int],
         *,
         num_tasks: int,
-        multi_head: bool = False,
+        task_layers: Iterable[int] = (),
         n_critics: int = 2,
     ) -> None:
         super().__init__()
@@ -138,8 +163,9 @@ class Critic(nn.Module):
             1,
             members=n_critics,
             num_tasks=num_tasks,
-            multi_head=multi_head,
+            task_layers=task_layers,
         )
 
-    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        return self.net(torch.cat([obs, action], dim=-1), obs[..., -self.num_tasks :])[..., 0]
+    def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:
+        onehot = obs[..., -self.num_tasks :]
+        return self.net(torch.cat([obs, action], dim=-1), onehot, layout)[..., 0]

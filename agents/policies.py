@@ -13,6 +13,9 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 
 from mtrl.agents.networks import Actor, Critic
+from mtrl.optim import AdaTask
+
+OPTIMIZERS = ("adam", "adatask")
 
 
 class MTSACPolicy(BasePolicy):
@@ -22,7 +25,11 @@ class MTSACPolicy(BasePolicy):
         net_arch: hidden layer sizes, shared by the actor and the critics.
         num_tasks: length of the one-hot task id at the end of every observation.
         multi_head: one output head per task for the actor and the critics.
+        actor_task_layers, critic_task_layers: further layers (0 is the first) with one copy
+            per task, e.g. the high-conflict layers that Recon finds.
         n_critics: number of Q-functions (their minimum is used, as in SAC).
+        optimizer: ``"adam"``, or ``"adatask"`` for Adam moments kept per task on the shared
+            parameters (:class:`mtrl.optim.AdaTask`).
         log_std_bounds: range of the actor's log standard deviation.
     """
 
@@ -39,11 +46,16 @@ class MTSACPolicy(BasePolicy):
         num_tasks: int,
         net_arch: Sequence[int] = (400, 400, 400),
         multi_head: bool = False,
+        actor_task_layers: Sequence[int] = (),
+        critic_task_layers: Sequence[int] = (),
         n_critics: int = 2,
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
+        optimizer: str = "adam",
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         super().__init__(
             observation_space,
             action_space,
@@ -56,14 +68,17 @@ class MTSACPolicy(BasePolicy):
         self.net_arch = list(net_arch)
         self.num_tasks = num_tasks
         self.multi_head = multi_head
+        self.actor_task_layers = list(actor_task_layers)
+        self.critic_task_layers = list(critic_task_layers)
         self.n_critics = n_critics
+        heads = [len(self.net_arch)] if multi_head else []
         self.log_std_bounds = tuple(log_std_bounds)
         self.actor = Actor(
             obs_dim,
             action_dim,
             self.net_arch,
             num_tasks=num_tasks,
-            multi_head=multi_head,
+            task_layers=[*self.actor_task_layers, *heads],
             log_std_bounds=self.log_std_bounds,
         )
         self.critic = Critic(
@@ -71,19 +86,21 @@ class MTSACPolicy(BasePolicy):
             action_dim,
             self.net_arch,
             num_tasks=num_tasks,
-            multi_head=multi_head,
+            task_layers=[*self.critic_task_layers, *heads],
             n_critics=n_critics,
         )
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
         self.critic_target.train(False)
+        self.optimizer_name = optimizer
         lr = lr_schedule(1)
-        self.actor.optimizer = optimizer_class(
-            self.actor.parameters(), lr=lr, **self.optimizer_kwargs
-        )
-        self.critic.optimizer = optimizer_class(
-            self.critic.parameters(), lr=lr, **self.optimizer_kwargs
-        )
+        for network in (self.actor, self.critic):
+            if optimizer == "adatask":
+                network.optimizer = AdaTask(network.parameters(), num_tasks, lr=lr)
+            else:
+                network.optimizer = optimizer_class(
+                    network.parameters(), lr=lr, **self.optimizer_kwargs
+                )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -91,8 +108,11 @@ class MTSACPolicy(BasePolicy):
             num_tasks=self.num_tasks,
             net_arch=self.net_arch,
             multi_head=self.multi_head,
+            actor_task_layers=self.actor_task_layers,
+            critic_task_layers=self.critic_task_layers,
             n_critics=self.n_critics,
             log_std_bounds=self.log_std_bounds,
+            optimizer=self.optimizer_name,
         )
         return data
 

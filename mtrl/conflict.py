@@ -71,3 +71,55 @@ def conflict_stats(gram: Tensor, weights: Tensor) -> ConflictStats:
         update_norm_ratio=_safe_div(update_norm, mean_norm),
         weights=weights,
     )
+
+
+class LayerConflicts:
+    """Recon's S-conflict scores: for each layer, how often task pairs conflict on it.
+
+    A layer's gradient block gives its own Gram matrix, and the (update, task pair) entries
+    whose cosine is below ``threshold`` (S) are counted. The counts stay on the device; the
+    score of a layer is its count over all the pairs it has seen.
+    """
+
+    def __init__(self, layers: list[str], threshold: float = 0.0) -> None:
+        if not -1 <= threshold <= 0:
+            raise ValueError(f"the conflict threshold S must be in [-1, 0], got {threshold}")
+        self.layers, self.threshold = list(layers), threshold
+        self.counts: Tensor | None = None
+        self.pairs = 0
+
+    def add(self, layer_grams: list[Tensor]) -> Tensor:
+        """Count one update's conflicting pairs per layer; returns this update's fractions."""
+        grams = torch.stack(layer_grams).to(torch.float64)
+        size = grams.shape[-1]
+        norms = grams.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        cosines = _safe_div(grams, norms.unsqueeze(-1) * norms.unsqueeze(-2))
+        upper = torch.triu_indices(size, size, offset=1, device=grams.device)
+        below = (cosines[:, upper[0], upper[1]] < self.threshold).sum(dim=-1)
+        self.counts = below if self.counts is None else self.counts + below
+        self.pairs += upper.shape[1]
+        return below.to(torch.float64) / max(upper.shape[1], 1)
+
+    def scores(self) -> dict[str, float]:
+        """Layer name → fraction of all (update, pair) entries below the threshold."""
+        if self.counts is None or self.pairs == 0:
+            return dict.fromkeys(self.layers, 0.0)
+        values = (self.counts.to(torch.float64) / self.pairs).tolist()
+        return dict(zip(self.layers, values, strict=True))
+
+    def state_dict(self) -> dict:
+        return {
+            "layers": self.layers,
+            "threshold": self.threshold,
+            "counts": self.counts,
+            "pairs": self.pairs,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["layers"]) != self.layers:
+            raise ValueError(f"conflict counts for layers {state['layers']}, not {self.layers}")
+        self.threshold, self.counts, self.pairs = (
+            state["threshold"],
+            state["counts"],
+            state["pairs"],
+        )

@@ -67,14 +67,3 @@ def per_task_gradients_loop(
     if isinstance(auxes[0], Tensor):
         return stacked, torch.stack(auxes)
     return stacked, type(auxes[0])(torch.stack(parts) for parts in zip(*auxes, strict=True))
-
-
-def flatten_gradients(gradients: Mapping[str, Tensor], names: list[str]) -> Tensor:
-    """Concatenate per-task gradients ``[K, *shape]`` of ``names`` into a Jacobian ``[K, P]``."""
-    return torch.cat([gradients[name].flatten(start_dim=1) for name in names], dim=1)
-
-
-def unflatten_update(update: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Split a flat update ``[P]`` back into tensors shaped like ``params`` (in their order)."""
-    pieces = update.split([p.numel() for p in params.values()])
-    return {name: piece.view_as(p) for (name, p), piece in zip(params.items(), pieces, strict=True)}

@@ -58,3 +58,25 @@ def test_everything_stays_on_the_device_as_tensors():
     stats = stats_for(torch.randn(5, 30), torch.full((5,), 0.2))
     for value in vars(stats).values():
         assert isinstance(value, torch.Tensor)
+
+
+def test_layer_scores_count_pairs_below_the_threshold():
+    from mtrl.conflict import LayerConflicts
+
+    # Layer a: tasks 0 and 1 point opposite ways, task 2 is orthogonal to both. Layer b: all
+    # three tasks agree. Layer c: tasks 0 and 2 are slightly opposed (cos −0.01).
+    a = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.01, (1 - 0.01**2) ** 0.5]])
+    conflicts = LayerConflicts(["a", "b", "c"], threshold=0.0)
+    fractions = conflicts.add([a @ a.T, b @ b.T, c @ c.T])
+    torch.testing.assert_close(fractions, torch.tensor([1 / 3, 0.0, 1 / 3], dtype=torch.float64))
+    conflicts.add([b @ b.T, b @ b.T, b @ b.T])
+    assert conflicts.scores() == {"a": 1 / 6, "b": 0.0, "c": 1 / 6}
+    # with S = −0.05 the slight conflict on layer c no longer counts
+    strict = LayerConflicts(["a", "b", "c"], threshold=-0.05)
+    strict.add([a @ a.T, b @ b.T, c @ c.T])
+    assert strict.scores() == {"a": 1 / 3, "b": 0.0, "c": 0.0}
+    restored = LayerConflicts(["a", "b", "c"])
+    restored.load_state_dict(conflicts.state_dict())
+    assert restored.scores() == conflicts.scores()

@@ -2,12 +2,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mtrl.jacobian import (
-    flatten_gradients,
-    per_task_gradients,
-    per_task_gradients_loop,
-    unflatten_update,
-)
+from mtrl.jacobian import per_task_gradients, per_task_gradients_loop
 
 
 def regression_loss(params, inputs, targets, scale, model):
@@ -44,13 +39,3 @@ def test_parameters_get_no_gradient_written():
         regression_loss, params, (torch.randn(2, 4, 3), torch.randn(2, 4), torch.ones(2)), (model,)
     )
     assert all(p.grad is None for p in model.parameters())
-
-
-def test_flatten_and_unflatten_are_inverse():
-    params = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
-    gradients = {"a": torch.randn(5, 2, 3), "b": torch.randn(5, 4)}
-    jacobian = flatten_gradients(gradients, ["a", "b"])
-    assert jacobian.shape == (5, 10)
-    pieces = unflatten_update(jacobian[2], params)
-    torch.testing.assert_close(pieces["a"], gradients["a"][2])
-    torch.testing.assert_close(pieces["b"], gradients["b"][2])

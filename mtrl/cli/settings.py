@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtrl.agents.mtsac import GRADIENT_MODES
+from mtrl.agents.policies import OPTIMIZERS
 from mtrl.aggregators import make_aggregator
 from mtrl.envs.benchmarks import BenchmarkSpec
 
@@ -33,6 +35,21 @@ def _number(key: str, value: Any, low: float, high: float, *, open_low: bool = F
         bracket = "(" if open_low else "["
         raise ConfigError(f"{key} must be in {bracket}{low}, {high}], got {value!r}")
     return float(value)
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; valid values: {', '.join(valid)}")
+    return value
+
+
+def _layers(key: str, value: Any, depth: int) -> list[int]:
+    """Layer indices of a network with ``depth`` layers (0 is the first, depth-1 the output)."""
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in value
+    ):
+        raise ConfigError(f"{key} must list layer indices from 0 to {depth - 1}, got {value!r}")
+    return list(value)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -81,6 +98,7 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
         )
     for size in net_arch:
         _integer("agent.net_arch entries", size, 1)
+    depth = len(net_arch) + 1  # hidden layers and the output layer
     low, high = agent["log_std_bounds"]
     if not low < high:
         raise ConfigError(
@@ -102,9 +120,19 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
         "initial_alpha": _number(
             "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
         ),
+        "recon_threshold": _number("agent.recon_threshold", agent["recon_threshold"], -1, 0),
+        "per_task_gradients": _choice(
+            "agent.per_task_gradients", agent["per_task_gradients"], GRADIENT_MODES
+        ),
         "policy_kwargs": {
             "net_arch": list(net_arch),
             "multi_head": bool(agent["multi_head"]),
+            "actor_task_layers": _layers(
+                "agent.actor_task_layers", agent["actor_task_layers"], depth
+            ),
+            "critic_task_layers": _layers(
+                "agent.critic_task_layers", agent["critic_task_layers"], depth
+            ),
             "n_critics": _integer("agent.n_critics", agent["n_critics"], 1),
             "log_std_bounds": [float(low), float(high)],
         },
@@ -118,15 +146,22 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     name = method.pop("name")
     try:
         benchmark = BenchmarkSpec(**container["benchmark"])
-        make_aggregator(name, **method)  # unknown names and bad values fail here
+        aggregator = make_aggregator(name, **method)  # unknown names and bad values fail here
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
+    agent = agent_kwargs(container["agent"], benchmark.num_tasks)
+    agent["policy_kwargs"]["optimizer"] = _choice("optimizer", container["optimizer"], OPTIMIZERS)
+    if agent["per_task_gradients"] == "none" and aggregator.needs_gram:
+        raise ConfigError(
+            f"method {name!r} combines per-task gradients: agent.per_task_gradients must be "
+            "vmap or loop"
+        )
     evaluation, checkpoint = container["eval"], container["checkpoint"]
     return TrainSettings(
         benchmark=benchmark,
         method=name,
         method_kwargs=method,
-        agent_kwargs=agent_kwargs(container["agent"], benchmark.num_tasks),
+        agent_kwargs=agent,
         seed=_integer("seed", container["seed"], 0),
         device=resolve_device(str(container["device"])),
         total_steps=_integer("total_steps", container["total_steps"], 1),

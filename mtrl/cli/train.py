@@ -55,6 +55,7 @@ def protocol(settings: TrainSettings) -> dict[str, Any]:
     return {
         **settings.benchmark.protocol(),
         "method": {"name": settings.method, **settings.method_kwargs},
+        "agent": settings.agent_kwargs,
         "budget": {
             "vector_steps": settings.total_steps,
             "env_steps": settings.total_env_steps,

@@ -38,7 +38,7 @@ def trained():
 def critic_inputs(model, batch):
     alpha = model.log_alpha.detach().exp()
     target = batch.rewards + 0.3 * torch.randn_like(batch.rewards)
-    return (batch.observations, batch.actions, target), (model.critic,), alpha
+    return (batch.observations, batch.actions, target), (model.critic, "single"), alpha
 
 
 @pytest.mark.parametrize("multi_head", [False, True])
@@ -60,7 +60,7 @@ def test_vectorised_gradients_equal_the_loop_reference(multi_head):
         actor_task_loss,
         dict(model.actor.named_parameters()),
         (batch.observations, noise, alpha),
-        (model.actor, model.critic, frozen),
+        (model.actor, model.critic, frozen, "single"),
     )
     fast, (fast_loss, fast_logp) = per_task_gradients(*actor_args)
     slow, (slow_loss, slow_logp) = per_task_gradients_loop(*actor_args)
@@ -80,27 +80,41 @@ def test_mean_is_plain_mtsac_on_the_summed_loss(multi_head, monkeypatch):
     gradients, losses = per_task_gradients(critic_task_loss, params, task_inputs, shared)
     monkeypatch.setattr(model.critic.optimizer, "step", lambda: None)
     model._apply(model.critic, gradients, losses, "critic")
-
-    summed = sum(
-        critic_task_loss(params, *(x[k] for x in task_inputs), *shared)[0] for k in range(TASKS)
+    # the grouped loss is the per-task losses, computed in one pass
+    torch.testing.assert_close(
+        critic_task_loss(params, *task_inputs, model.critic, "grouped")[0], losses
     )
+
+    summed = critic_task_loss(params, *task_inputs, model.critic, "grouped")[0].sum()
     reference = torch.autograd.grad(summed, list(params.values()))
     for (name, param), expected in zip(params.items(), reference, strict=True):
         torch.testing.assert_close(param.grad, expected / TASKS, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_task_heads_only_learn_from_their_own_task():
-    model = make_model(multi_head=True)
+@pytest.mark.parametrize("layers", [{"multi_head": True}, {"critic_task_layers": [0, 1]}])
+def test_task_specific_layers_only_learn_from_their_own_task(layers):
+    model = make_model(**{"policy_kwargs": {"net_arch": [32, 32], **layers}})
     model.learn(150)
     batch = model.replay_buffer.sample_tasks(8)
     task_inputs, shared, _ = critic_inputs(model, batch)
     params = dict(model.critic.named_parameters())
     gradients, _ = per_task_gradients(critic_task_loss, params, task_inputs, shared)
-    head = gradients["net.head_weight"]  # [tasks, critics, heads, hidden, 1]
-    for task in range(TASKS):
-        others = [h for h in range(TASKS) if h != task]
-        assert head[task][:, task].abs().sum() > 0
-        assert torch.all(head[task][:, others] == 0)
+    own = model.critic.net.task_specific_parameters()
+    assert own
+    for name in own:
+        grad = gradients[f"net.{name}"]  # [tasks, critics, copies, ...]
+        assert grad.shape[2] == TASKS
+        for task in range(TASKS):
+            others = [copy for copy in range(TASKS) if copy != task]
+            assert grad[task][:, task].abs().sum() > 0
+            assert torch.all(grad[task][:, others] == 0)
+    # the per-sample path (mixed tasks, as in predict) matches the per-task path
+    obs, actions = batch.observations, batch.actions
+    mixed = model.critic(obs.flatten(0, 1), actions.flatten(0, 1))
+    per_task = torch.stack(
+        [model.critic(o, a, "single") for o, a in zip(obs, actions, strict=True)]
+    )
+    torch.testing.assert_close(mixed, per_task.permute(1, 0, 2).flatten(1, 2))
 
 
 def test_actor_update_leaves_the_critic_alone(trained):
@@ -213,3 +227,62 @@ def test_batch_that_does_not_split_evenly_is_refused():
 def test_unknown_method_is_refused_before_anything_is_built():
     with pytest.raises(ValueError, match="valid methods"):
         make_model(aggregator="gradvacc")
+
+
+def updated_parameters(model, batch, seed=0):
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    model.update(batch)
+    return [p.detach() for p in model.policy.parameters()] + [model.log_alpha.detach()]
+
+
+@pytest.mark.parametrize(
+    ("method", "first", "second"),
+    [("gradops", "vmap", "loop"), ("pcgrad", "vmap", "loop"), ("mean", "vmap", "none")],
+)
+def test_gradient_modes_give_the_same_update(method, first, second, trained):
+    batch = trained.replay_buffer.sample_tasks(8)
+    models = []
+    for mode in (first, second):
+        model = make_model(aggregator=method, per_task_gradients=mode)
+        model.policy.load_state_dict(trained.policy.state_dict())
+        models.append(model)
+    # PCGrad draws its visiting orders from the same seed in both models
+    for a, b in zip(*(updated_parameters(m, batch) for m in models), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_methods_that_combine_gradients_need_them():
+    with pytest.raises(ValueError, match="cannot be 'none'"):
+        make_model(aggregator="gradops", per_task_gradients="none")
+    with pytest.raises(ValueError, match="valid: vmap, loop, none"):
+        make_model(per_task_gradients="backward")
+
+
+def test_adatask_trains_and_its_moments_are_checkpointed(tmp_path):
+    model = make_model(policy_kwargs={"net_arch": [32, 32], "optimizer": "adatask"})
+    model.learn(240)
+    state = model.critic.optimizer.state_dict()["state"]
+    assert state[0]["exp_avg"].shape[0] == TASKS  # one set of moments per task
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    loaded = MTSAC.load(model.save(tmp_path / "adatask.pt"))
+    restored = loaded.critic.optimizer.state_dict()["state"]
+    torch.testing.assert_close(restored[0]["exp_avg_sq"], state[0]["exp_avg_sq"])
+
+
+def test_famo_takes_one_backward_pass_and_learns_its_weights(monkeypatch):
+    import mtrl.agents.mtsac as mtsac
+
+    def no_jacobian(*args, **kwargs):
+        raise AssertionError("FAMO must not compute per-task gradients")
+
+    monkeypatch.setattr(mtsac, "per_task_gradients", no_jacobian)
+    monkeypatch.setattr(mtsac, "per_task_gradients_loop", no_jacobian)
+    model = make_model(aggregator="famo")
+    model.learn(240)
+    assert model._n_updates > 0
+    critic_famo = model.aggregators["critic"]
+    assert critic_famo.name == "famo" and model.aggregators["actor"].name == "mean"
+    logits = critic_famo.state_dict()["logits"]
+    assert logits.shape == (TASKS,) and not torch.all(logits == 0)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())

@@ -1,0 +1,99 @@
+"""``mtrl-recon``: turn a run's highest-conflict layers into task-specific layers (Recon).
+
+    mtrl-recon runs/mt10/gradops/seed0-20261122-101500 top_k=2
+
+Every run records, per shared layer of the actor and the critic, how often task pairs conflict
+on it (the S-conflict score of Shi et al., ICLR 2023; ``recon/...`` in TensorBoard). This
+command ranks the layers by that score, keeps the ``top_k``, and writes a Hydra experiment
+that trains the same network with one copy of those layers per task, with any method::
+
+    mtrl-train --config-dir <run dir>/recon experiment=recon method=pcgrad
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from mtrl.checkpoint import CheckpointError, load_state
+from mtrl.runs import CONFIG, latest_checkpoint
+
+NETWORKS = ("actor", "critic")
+
+
+def layer_scores(run_dir: Path) -> dict[tuple[str, int], float]:
+    """(network, layer index) → S-conflict score, from the run's newest checkpoint."""
+    state = load_state(latest_checkpoint(run_dir))
+    scores = {}
+    for network in NETWORKS:
+        counts = state["layer_conflicts"][network]
+        pairs = counts["pairs"]
+        if not pairs:
+            raise CheckpointError(f"{run_dir} has not recorded any update yet")
+        values = counts["counts"].double() / pairs
+        for layer, value in zip(counts["layers"], values.tolist(), strict=True):
+            scores[network, int(layer.removeprefix("layer"))] = value
+    return scores
+
+
+def write_experiment(run_dir: Path, chosen: list[tuple[str, int]]) -> Path:
+    """A Hydra experiment with the run's benchmark and agent, and the chosen layers per task."""
+    config = OmegaConf.load(run_dir / CONFIG)
+    agent = OmegaConf.to_container(config.agent)
+    for network in NETWORKS:
+        layers = {*agent[f"{network}_task_layers"], *(i for n, i in chosen if n == network)}
+        agent[f"{network}_task_layers"] = sorted(layers)
+    experiment = {"benchmark": OmegaConf.to_container(config.benchmark), "agent": agent}
+    path = run_dir / "recon" / "experiment" / "recon.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = ", ".join(f"{network} layer {index}" for network, index in chosen)
+    header = (
+        "# @package _global_\n"
+        f"# Recon: {layers} made task-specific, from the conflict scores of {run_dir}.\n"
+        f"# Train with any method: mtrl-train --config-dir {path.parent.parent} experiment=recon"
+        " method=<name>\n"
+    )
+    path.write_text(header + yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+def parse_options(options: list[str]) -> dict[str, str]:
+    parsed = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key != "top_k":
+            raise ValueError(f"unknown option {option!r}; valid: top_k=<number of layers>")
+        parsed[key] = value
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mtrl-recon", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run directory with a checkpoint")
+    parser.add_argument("options", nargs="*", help="top_k=<layers to make task-specific>")
+    args = parser.parse_args(argv)
+    try:
+        top_k = int(parse_options(args.options).get("top_k", 1))
+        scores = layer_scores(args.run_dir)
+        if not 1 <= top_k <= len(scores):
+            raise ValueError(f"top_k must be between 1 and the {len(scores)} shared layers")
+    except (ValueError, CheckpointError) as error:
+        print(f"mtrl-recon: {error}", file=sys.stderr)
+        sys.exit(2)
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    chosen = ranked[:top_k]
+    print("network  layer  S-conflict score")
+    for key in ranked:
+        mark = "  <- task-specific" if key in chosen else ""
+        print(f"{key[0]:<8} {key[1]:>5}  {scores[key]:16.3f}{mark}")
+    path = write_experiment(args.run_dir, chosen)
+    print(f"wrote {path}")
+    print(f"train it: mtrl-train --config-dir {path.parent.parent} experiment=recon method=<name>")
+
+
+if __name__ == "__main__":
+    main()

@@ -37,7 +37,11 @@ from mtrl.agents.policies import MTSACPolicy
 from mtrl.aggregators import NonFiniteGradientError, aggregate, make_aggregator
 from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 from mtrl.conflict import LayerConflicts, conflict_stats
-from mtrl.jacobian import per_task_gradients, per_task_gradients_loop
+from mtrl.jacobian import (
+    per_task_gradients,
+    per_task_gradients_grouped,
+    per_task_gradients_loop,
+)
 from mtrl.optim import AdaTask
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans
@@ -45,7 +49,7 @@ from mtrl.stats import DeviceMeans
 CHECKPOINT_FORMAT = "mtrl.MTSAC"
 CHECKPOINT_VERSION = 1
 DEFAULT_BATCH_PER_TASK = 128
-GRADIENT_MODES = ("vmap", "loop", "none")
+GRADIENT_MODES = ("grouped", "vmap", "loop", "none")
 
 
 # The losses below take one task's slice of a batch (``layout="single"``, under vmap) or the
@@ -110,8 +114,10 @@ class MTSAC(OffPolicyAlgorithm):
         learning_starts: environment steps (over all tasks) of uniform random actions first.
         initial_alpha: starting temperature of every task.
         target_entropy: ``"auto"`` for −|A|.
-        per_task_gradients: ``"vmap"`` (one vectorised pass, the default), ``"loop"`` (one
-            backward pass per task: the reference that older code bases use), or ``"none"`` (one
+        per_task_gradients: how per-task gradients are computed: ``"grouped"`` (one forward and
+            backward pass, per-task weight gradients from each layer's inputs and output
+            gradients; the default), ``"vmap"`` (``torch.func.vmap`` over tasks), ``"loop"`` (one
+            backward pass per task, as older code bases do; a reference), or ``"none"`` (one
             backward pass of the weighted task losses, for methods that need no Gram matrix,
             such as ``mean``, which is then plain multi-task SAC, without conflict logging).
             Loss-based methods (``famo``) never compute per-task gradients.
@@ -140,7 +146,7 @@ class MTSAC(OffPolicyAlgorithm):
         gradient_steps: int = 1,
         initial_alpha: float = 1.0,
         target_entropy: str | float = "auto",
-        per_task_gradients: str = "vmap",
+        per_task_gradients: str = "grouped",
         recon_threshold: float = 0.0,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
@@ -333,31 +339,39 @@ class MTSAC(OffPolicyAlgorithm):
                     after, _ = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
                 aggregator.observe(losses.detach(), after)
             return aux
-        compute = (
-            per_task_gradients if self.per_task_gradients == "vmap" else per_task_gradients_loop
-        )
-        gradients, aux = compute(loss_fn, params, task_inputs, (*shared_inputs, "single"))
+        if self.per_task_gradients == "grouped":
+            shared, own, aux = per_task_gradients_grouped(
+                loss_fn, network, params, task_inputs, shared_inputs
+            )
+        else:
+            compute = (
+                per_task_gradients if self.per_task_gradients == "vmap" else per_task_gradients_loop
+            )
+            gradients, aux = compute(loss_fn, params, task_inputs, shared_inputs)
+            own_names = {f"net.{p}" for p in network.net.task_specific_parameters()}
+            shared = {n: g for n, g in gradients.items() if n not in own_names}
+            own = {n: gradients[n].mean(dim=0) for n in own_names}
         losses = aux[0] if isinstance(aux, tuple) else aux
-        self._apply(network, gradients, losses, name)
+        self._apply(network, shared, own, losses, name)
         return aux
 
     def _apply(
         self,
         network: Actor | Critic,
-        gradients: dict[str, Tensor],
+        shared: dict[str, Tensor],
+        own: dict[str, Tensor],
         losses: Tensor,
         name: str,
     ) -> None:
-        """Combine per-task gradients into ``.grad`` and step; skip if anything is not finite."""
+        """Combine the per-task gradients ``shared`` (``[K, *shape]``) into ``.grad``, give the
+        task-specific parameters their gradients ``own``, and step; skip anything non-finite."""
         params = dict(network.named_parameters())
-        own = {f"net.{p}" for p in network.net.task_specific_parameters()}
-        shared = {n: p for n, p in params.items() if n not in own}
-        if not self._all_finite(losses, *(gradients[n] for n in own)):
+        if not self._all_finite(losses, *own.values()):
             self.skipped_updates[name] += 1
             return
         # The Jacobian stays in per-parameter blocks: their Gram matrices add up to J Jᵀ and
         # give each layer's own conflicts on the way.
-        blocks = {n: gradients[n].flatten(start_dim=1) for n in shared}
+        blocks = {n: grad.flatten(start_dim=1) for n, grad in shared.items()}
         grams = {n: block @ block.T for n, block in blocks.items()}
         try:
             update, weights, gram = aggregate(
@@ -366,17 +380,16 @@ class MTSAC(OffPolicyAlgorithm):
         except NonFiniteGradientError:
             self.skipped_updates[name] += 1
             return
-        for param, grad in zip(shared.values(), update, strict=True):
-            param.grad = grad.view_as(param)
-        for param_name in own:
-            # The mean over tasks, as for the shared parameters under plain averaging.
-            params[param_name].grad = gradients[param_name].mean(dim=0)
+        for param_name, grad in zip(shared, update, strict=True):
+            params[param_name].grad = grad.view_as(params[param_name])
+        for param_name, grad in own.items():
+            params[param_name].grad = grad
         if isinstance(network.optimizer, AdaTask):
             # Each task's share w_t g_t of the update gets its own Adam moments.
             network.optimizer.set_task_gradients(
                 {
-                    params[n]: weights.view(-1, *(1,) * params[n].dim()) * gradients[n]
-                    for n in shared
+                    params[n]: weights.view(-1, *(1,) * params[n].dim()) * grad
+                    for n, grad in shared.items()
                 }
             )
         network.optimizer.step()

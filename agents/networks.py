@@ -22,6 +22,57 @@ def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
+class EnsembleLinear(nn.Module):
+    """``members`` affine maps applied together, each with ``copies`` (1, or one per task).
+
+    ``weight`` is ``[members, copies, in, out]`` and ``bias`` ``[members, copies, 1, out]``;
+    inputs are ``[members, N, in]``. See :class:`EnsembleMLP` for the batch layouts.
+    """
+
+    def __init__(self, members: int, copies: int, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+        self.weight = _uniform((members, copies, fan_in, fan_out), bound)
+        self.bias = _uniform((members, copies, 1, fan_out), bound)
+
+    @property
+    def shared(self) -> bool:
+        return self.weight.shape[1] == 1
+
+    def forward(self, h: Tensor, task_onehot: Tensor, layout: str, tasks: int) -> Tensor:
+        weight, bias = self.weight, self.bias
+        if self.shared:
+            return torch.baddbmm(bias[:, 0], h, weight[:, 0])
+        if layout == "single":
+            # The one-hot picks the task's copy exactly (a sum of zeros and one copy), and
+            # unlike an index it vmaps over the task axis.
+            onehot = task_onehot.reshape(-1, task_onehot.shape[-1])[0]
+            return torch.baddbmm(
+                torch.einsum("k,ekio->eio", onehot, bias),
+                h,
+                torch.einsum("k,ekio->eio", onehot, weight),
+            )
+        if layout == "grouped":
+            grouped = h.view(h.shape[0], tasks, -1, h.shape[-1])
+            return (torch.einsum("ekbi,ekio->ekbo", grouped, weight) + bias).flatten(1, 2)
+        onehot = task_onehot.reshape(-1, task_onehot.shape[-1])
+        return torch.einsum("ebi,bk,ekio->ebo", h, onehot, weight) + torch.einsum(
+            "bk,ekio->ebo", onehot, bias
+        )
+
+    def per_task_gradients(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> dict:
+        """Each task's gradient of a shared layer, from a grouped batch's inputs ``[E, N, in]``
+        and output gradients ``[E, N, out]``: sums of outer products over the task's rows."""
+        members, _, fan_in = inputs.shape
+        h = inputs.reshape(members, tasks, -1, fan_in).transpose(0, 1)
+        delta = output_grads.reshape(members, tasks, -1, output_grads.shape[-1]).transpose(0, 1)
+        weight = torch.matmul(h.transpose(-1, -2), delta)  # [K, E, in, out]
+        return {
+            "weight": weight.unsqueeze(2),
+            "bias": delta.sum(dim=2, keepdim=True).unsqueeze(2),
+        }
+
+
 class EnsembleMLP(nn.Module):
     """``members`` ReLU MLPs of the same shape, evaluated with one batched product per layer.
 
@@ -56,17 +107,14 @@ class EnsembleMLP(nn.Module):
                 f"task-specific layers {self.task_layers} do not exist: the network has layers "
                 f"0..{len(dims) - 2}"
             )
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(dims)):
-            copies = num_tasks if layer in self.task_layers else 1
-            bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
-            self.weights.append(_uniform((members, copies, fan_in, fan_out), bound))
-            self.biases.append(_uniform((members, copies, 1, fan_out), bound))
+        self.layers = nn.ModuleList(
+            EnsembleLinear(members, num_tasks if i in self.task_layers else 1, fan_in, fan_out)
+            for i, (fan_in, fan_out) in enumerate(itertools.pairwise(dims))
+        )
 
     def layer_parameters(self) -> list[list[str]]:
         """The parameter names of each layer, in order."""
-        return [[f"weights.{i}", f"biases.{i}"] for i in range(len(self.weights))]
+        return [[f"layers.{i}.weight", f"layers.{i}.bias"] for i in range(len(self.layers))]
 
     def task_specific_parameters(self) -> list[str]:
         return [name for i in self.task_layers for name in self.layer_parameters()[i]]
@@ -74,29 +122,11 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: Tensor, task_onehot: Tensor, layout: str = "mixed") -> Tensor:
         """``x`` of shape ``[..., in]`` → ``[members, ..., out]``."""
         lead = x.shape[:-1]
+        tasks = lead[0] if layout == "grouped" else 1
         h = x.reshape(1, -1, x.shape[-1]).expand(self.members, -1, -1)
-        last = len(self.weights) - 1
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if weight.shape[1] == 1:
-                h = torch.baddbmm(bias[:, 0], h, weight[:, 0])
-            elif layout == "single":
-                # The one-hot picks the task's copy exactly (a sum of zeros and one copy), and
-                # unlike an index it vmaps over the task axis.
-                onehot = task_onehot.reshape(-1, task_onehot.shape[-1])[0]
-                h = torch.baddbmm(
-                    torch.einsum("k,ekio->eio", onehot, bias),
-                    h,
-                    torch.einsum("k,ekio->eio", onehot, weight),
-                )
-            elif layout == "grouped":
-                grouped = h.view(self.members, lead[0], -1, h.shape[-1])
-                h = (torch.einsum("ekbi,ekio->ekbo", grouped, weight) + bias).flatten(1, 2)
-            else:
-                onehot = task_onehot.reshape(-1, task_onehot.shape[-1])
-                h = torch.einsum("ebi,bk,ekio->ebo", h, onehot, weight) + torch.einsum(
-                    "bk,ekio->ebo", onehot, bias
-                )
-            if layer < last:
+        for index, layer in enumerate(self.layers):
+            h = layer(h, task_onehot, layout, tasks)
+            if index < len(self.layers) - 1:
                 h = torch.relu(h)
         return h.view(self.members, *lead, h.shape[-1])
 

@@ -1,9 +1,20 @@
-"""Per-task gradients of shared parameters, all K of them in one vectorised pass.
+"""Per-task gradients of shared parameters, all K of them at about the cost of one backward pass.
 
 A multi-task batch has a leading task axis ``[K, B, ...]`` and task k's loss depends only on
-task k's rows, so ``torch.func.vmap(grad(loss))`` over that axis yields every task's gradient at
-close to the cost of one ordinary backward pass: each layer's weight gradient becomes one batched
-matrix product instead of K separate backward passes through the whole graph.
+task k's rows. Two ways exploit that:
+
+- :func:`per_task_gradients` vmaps ``torch.func.grad`` over the task axis;
+- :func:`per_task_gradients_grouped` runs one ordinary forward and backward pass over the whole
+  batch and forms each layer's per-task weight gradients from the layer's inputs and output
+  gradients grouped by task (the per-sample-gradient trick, summed per task).
+
+:func:`per_task_gradients_loop` is the way older code bases do it, K backward passes through
+the whole graph; it is kept as the reference that tests and benchmarks compare against.
+
+Loss functions follow one convention: ``loss_fn(params, *task_inputs, *shared_inputs, layout)``
+returns ``(losses, aux)``. With ``layout="single"`` the task inputs are one task's slice and
+``losses`` a scalar; with ``layout="grouped"`` they are the whole ``[K, B, ...]`` batch and
+``losses`` has shape ``[K]``. ``aux`` is a tensor or a tuple of tensors shaped like ``losses``.
 """
 
 from __future__ import annotations
@@ -12,10 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-# loss_fn(params, *task_inputs, *shared_inputs) -> (scalar loss of one task, a tensor or a tuple
-# of tensors carried along, such as the loss itself for logging)
 TaskLoss = Callable[..., tuple[Tensor, Any]]
 
 
@@ -27,21 +36,64 @@ def per_task_gradients(
 ) -> tuple[dict[str, Tensor], Any]:
     """Gradients of each task's loss with respect to ``params``, in one vmapped pass.
 
-    Args:
-        loss_fn: a pure function of one task's slice of the inputs (no ``.item()``, no
-            data-dependent Python branches), returning ``(loss, aux)``.
-        params: the parameters to differentiate, e.g. ``dict(module.named_parameters())``.
-        task_inputs: tensors with a leading task axis K; ``loss_fn`` sees one slice of each.
-        shared_inputs: anything passed unchanged to every task (frozen networks, constants).
-
-    Returns:
-        ``(gradients, aux)``: each gradient has shape ``[K, *param.shape]``, ``aux`` is stacked
-        along a leading K axis.
+    Returns ``(gradients, aux)``: each gradient has shape ``[K, *param.shape]``, ``aux`` is
+    stacked along a leading K axis. ``loss_fn`` must be pure (no ``.item()``, no Python branches
+    on tensor values).
     """
     detached = {name: p.detach() for name, p in params.items()}
-    in_dims = (None, *(0,) * len(task_inputs), *(None,) * len(shared_inputs))
+    in_dims = (None, *(0,) * len(task_inputs), *(None,) * (len(shared_inputs) + 1))
     per_task = torch.func.vmap(torch.func.grad(loss_fn, has_aux=True), in_dims=in_dims)
-    return per_task(detached, *task_inputs, *shared_inputs)
+    return per_task(detached, *task_inputs, *shared_inputs, "single")
+
+
+def per_task_gradients_grouped(
+    loss_fn: TaskLoss,
+    network: nn.Module,
+    params: Mapping[str, Tensor],
+    task_inputs: tuple[Tensor, ...],
+    shared_inputs: tuple[Any, ...] = (),
+) -> tuple[dict[str, Tensor], dict[str, Tensor], Any]:
+    """Per-task gradients from one forward and one backward pass over the grouped batch.
+
+    Every submodule of ``network`` with a ``per_task_gradients(inputs, output_grads, tasks)``
+    method and a ``shared`` flag is watched during the forward pass; the backward pass asks
+    only for the gradients of their outputs, from which each shared layer forms its per-task
+    gradients. Task-specific layers get their ordinary gradient, averaged over tasks (each task
+    reaches only its own copy).
+
+    Returns ``(shared, own, aux)``: per-task gradients ``[K, *shape]`` of the shared
+    parameters, mean gradients of the task-specific ones, and ``loss_fn``'s auxiliary output.
+    """
+    prefixes = {module: name for name, module in network.named_modules()}
+    layers = [m for m in network.modules() if hasattr(m, "per_task_gradients")]
+    seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def watch(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if module in seen:
+            raise RuntimeError("a layer ran twice in one loss: per-task gradients are ambiguous")
+        seen[module] = (args[0], output)
+
+    handles = [layer.register_forward_hook(watch) for layer in layers]
+    try:
+        losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+    finally:
+        for handle in handles:
+            handle.remove()
+    shared = [m for m in layers if m.shared and m in seen]
+    own_names = [
+        f"{prefixes[m]}.{name}" for m in layers if not m.shared for name, _ in m.named_parameters()
+    ]
+    grads = torch.autograd.grad(
+        losses.sum(), [seen[m][1] for m in shared] + [params[n] for n in own_names]
+    )
+    tasks = losses.shape[0]
+    gradients = {}
+    for module, output_grads in zip(shared, grads[: len(shared)], strict=True):
+        inputs = seen[module][0]
+        for name, grad in module.per_task_gradients(inputs, output_grads, tasks).items():
+            gradients[f"{prefixes[module]}.{name}"] = grad
+    own = {name: grad / tasks for name, grad in zip(own_names, grads[len(shared) :], strict=True)}
+    return gradients, own, aux
 
 
 def per_task_gradients_loop(
@@ -50,20 +102,26 @@ def per_task_gradients_loop(
     task_inputs: tuple[Tensor, ...],
     shared_inputs: tuple[Any, ...] = (),
 ) -> tuple[dict[str, Tensor], Any]:
-    """The same result from K separate backward passes, the way older code bases compute it.
+    """The same result the way older code bases compute it: per-task losses from one forward
+    pass over the batch, then one backward pass through the whole graph per task.
 
-    This is the reference that tests and benchmarks compare :func:`per_task_gradients` against;
-    training never uses it.
+    This is the reference that tests and benchmarks compare the fast paths against; training
+    never uses it.
     """
     names = list(params)
     leaves = [params[name].detach().requires_grad_(True) for name in names]
-    gradients, auxes = [], []
-    for task in range(task_inputs[0].shape[0]):
-        inputs = tuple(x[task] for x in task_inputs)
-        loss, aux = loss_fn(dict(zip(names, leaves, strict=True)), *inputs, *shared_inputs)
-        gradients.append(torch.autograd.grad(loss, leaves))
-        auxes.append(aux)
-    stacked = {name: torch.stack([g[i] for g in gradients]) for i, name in enumerate(names)}
-    if isinstance(auxes[0], Tensor):
-        return stacked, torch.stack(auxes)
-    return stacked, type(auxes[0])(torch.stack(parts) for parts in zip(*auxes, strict=True))
+    losses, aux = loss_fn(
+        dict(zip(names, leaves, strict=True)), *task_inputs, *shared_inputs, "grouped"
+    )
+    per_task = [
+        torch.autograd.grad(loss, leaves, retain_graph=True, allow_unused=True) for loss in losses
+    ]
+    stacked = {
+        name: torch.stack(
+            [g[i] if g[i] is not None else torch.zeros_like(leaves[i]) for g in per_task]
+        )
+        for i, name in enumerate(names)
+    }
+    if isinstance(aux, Tensor):
+        return stacked, aux.detach()
+    return stacked, type(aux)(part.detach() for part in aux)

@@ -2,12 +2,15 @@
 
 - floor: plain multi-task SAC, one backward pass of the mean loss (``mean``, no per-task
   gradients);
-- vectorised: per-task gradients from one vmapped pass, then each aggregation method;
-- K-backward: per-task gradients from K backward passes, as the older code bases compute them.
+- vectorised: per-task gradients in one pass, then each aggregation method, with both of
+  mtrl's ways: ``grouped`` (one backward pass, per-task weight gradients from each layer's
+  inputs and output gradients; the default) and ``vmap`` (``torch.func.vmap`` over tasks);
+- K-backward: per-task gradients from K backward passes through the whole graph, as the older
+  code bases compute them.
 
 The networks and the batch are the standard ones (3 × 400, 128 transitions per task), on
 Meta-World's shapes (39 observation values and a one-hot of K, 4 actions). Prints the median
-time of each path and the ratios vectorised / floor and K-backward / vectorised.
+time of each path and the ratios vectorised / floor and K-backward / grouped.
 
     python scripts/bench_update.py                       # K = 10 and 50 on cpu (and cuda)
     python scripts/bench_update.py --tasks 10 --repeats 20 --methods gradops pcgrad cagrad
@@ -16,6 +19,7 @@ time of each path and the ratios vectorised / floor and K-backward / vectorised.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -38,7 +42,7 @@ class ShapeOnly(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTIONS,), np.float32)
 
 
-def make_model(tasks, method, mode, device, net, batch_per_task, rows=2000) -> MTSAC:
+def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000) -> MTSAC:
     env = DummyVecEnv([lambda: ShapeOnly(tasks)] * tasks)
     model = MTSAC(
         "MlpPolicy",
@@ -66,19 +70,20 @@ def make_model(tasks, method, mode, device, net, batch_per_task, rows=2000) -> M
     return model
 
 
-def median_update_ms(model: MTSAC, repeats: int, warmup: int = 2) -> float:
-    batch_per_task = model.batch_size // model.policy.num_tasks
-    synchronize = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
-    times = []
+def median_update_ms(models: dict[str, MTSAC], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median time of one update for each model, timed in turns so that drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     for step in range(warmup + repeats):
-        batch = model.replay_buffer.sample_tasks(batch_per_task)
-        synchronize()
-        start = time.perf_counter()
-        model.update(batch)
-        synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, model in models.items():
+            batch = model.replay_buffer.sample_tasks(model.batch_size // model.policy.num_tasks)
+            synchronize = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
+            synchronize()
+            start = time.perf_counter()
+            model.update(batch)
+            synchronize()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -108,20 +113,33 @@ def main() -> None:
     )
     for device in devices:
         for tasks in args.tasks:
-            floor = median_update_ms(
-                make_model(tasks, "mean", "none", device, args.net, args.batch_per_task),
-                args.repeats,
+            build = functools.partial(
+                make_model, tasks, device=device, net=args.net, batch_per_task=args.batch_per_task
             )
-            print(f"\n{device}, K = {tasks}: floor (plain MT-SAC, summed loss) {floor:.1f} ms")
-            print(f"{'method':<14}{'vectorised':>12}{'÷ floor':>9}{'K-backward':>13}{'÷ vect.':>9}")
+            models = {("mean", "none"): build("mean", "none")}
             for method in methods:
-                model = make_model(tasks, method, "vmap", device, args.net, args.batch_per_task)
-                vectorised = median_update_ms(model, args.repeats)
-                line = f"{method:<14}{vectorised:10.1f}ms{vectorised / floor:9.2f}"
-                if method in args.loop_methods:
-                    model = make_model(tasks, method, "loop", device, args.net, args.batch_per_task)
-                    looped = median_update_ms(model, args.loop_repeats, warmup=1)
-                    line += f"{looped:11.1f}ms{looped / vectorised:9.2f}"
+                for mode in ("grouped", "vmap"):
+                    models[method, mode] = build(method, mode)
+            times = median_update_ms(models, args.repeats)
+            looped = median_update_ms(
+                {(m, "loop"): build(m, "loop") for m in methods if m in args.loop_methods},
+                args.loop_repeats,
+                warmup=1,
+            )
+            floor = times["mean", "none"]
+            print(f"\n{device}, K = {tasks}: floor (plain MT-SAC, summed loss) {floor:.1f} ms")
+            print(
+                f"{'method':<14}{'grouped':>10}{'÷ floor':>8}{'vmap':>10}{'÷ floor':>8}"
+                f"{'K-backward':>12}{'÷ grouped':>10}"
+            )
+            for method in methods:
+                line = f"{method:<14}" + "".join(
+                    f"{times[method, mode]:8.1f}ms{times[method, mode] / floor:8.2f}"
+                    for mode in ("grouped", "vmap")
+                )
+                if (method, "loop") in looped:
+                    loop = looped[method, "loop"]
+                    line += f"{loop:10.1f}ms{loop / times[method, 'grouped']:10.2f}"
                 print(line, flush=True)
 
 

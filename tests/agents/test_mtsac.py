@@ -9,7 +9,11 @@ import torch
 from mtrl.agents.mtsac import MTSAC, actor_task_loss, critic_task_loss
 from mtrl.aggregators import available
 from mtrl.checkpoint import CheckpointError
-from mtrl.jacobian import per_task_gradients, per_task_gradients_loop
+from mtrl.jacobian import (
+    per_task_gradients,
+    per_task_gradients_grouped,
+    per_task_gradients_loop,
+)
 from tests.agents.point_tasks import point_tasks
 
 TASKS = 3
@@ -38,55 +42,59 @@ def trained():
 def critic_inputs(model, batch):
     alpha = model.log_alpha.detach().exp()
     target = batch.rewards + 0.3 * torch.randn_like(batch.rewards)
-    return (batch.observations, batch.actions, target), (model.critic, "single"), alpha
+    return (batch.observations, batch.actions, target), (model.critic,), alpha
 
 
 @pytest.mark.parametrize("multi_head", [False, True])
 def test_vectorised_gradients_equal_the_loop_reference(multi_head):
+    """The grouped pass and vmap agree with K backward passes, for the critic and the actor."""
     model = make_model(multi_head=multi_head)
     model.learn(150)
     batch = model.replay_buffer.sample_tasks(8)
     task_inputs, shared, alpha = critic_inputs(model, batch)
-    params = dict(model.critic.named_parameters())
-    fast, fast_loss = per_task_gradients(critic_task_loss, params, task_inputs, shared)
-    slow, slow_loss = per_task_gradients_loop(critic_task_loss, params, task_inputs, shared)
-    torch.testing.assert_close(fast_loss, slow_loss)
-    for name in params:
-        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-5)
+    frozen = {n: p.detach() for n, p in model.critic.named_parameters()}
+    cases = [
+        (model.critic, critic_task_loss, task_inputs, shared),
+        (
+            model.actor,
+            actor_task_loss,
+            (batch.observations, torch.randn_like(batch.actions), alpha),
+            (model.actor, model.critic, frozen),
+        ),
+    ]
+    for network, loss_fn, inputs, constants in cases:
+        params = dict(network.named_parameters())
+        own = {f"net.{name}" for name in network.net.task_specific_parameters()}
+        slow, slow_aux = per_task_gradients_loop(loss_fn, params, inputs, constants)
+        vmapped, vmapped_aux = per_task_gradients(loss_fn, params, inputs, constants)
+        grouped, grouped_own, grouped_aux = per_task_gradients_grouped(
+            loss_fn, network, params, inputs, constants
+        )
+        as_tuple = lambda aux: aux if isinstance(aux, tuple) else (aux,)  # noqa: E731
+        for aux in (vmapped_aux, grouped_aux):
+            for fast, reference in zip(as_tuple(aux), as_tuple(slow_aux), strict=True):
+                torch.testing.assert_close(fast.detach(), reference)
+        for name in params:
+            torch.testing.assert_close(vmapped[name], slow[name], rtol=1e-5, atol=1e-5)
+            expected = slow[name].mean(0) if name in own else slow[name]
+            got = grouped_own[name] if name in own else grouped[name]
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
-    noise = torch.randn_like(batch.actions)
-    frozen = {n: p.detach() for n, p in params.items()}
-    actor_args = (
-        actor_task_loss,
-        dict(model.actor.named_parameters()),
-        (batch.observations, noise, alpha),
-        (model.actor, model.critic, frozen, "single"),
-    )
-    fast, (fast_loss, fast_logp) = per_task_gradients(*actor_args)
-    slow, (slow_loss, slow_logp) = per_task_gradients_loop(*actor_args)
-    torch.testing.assert_close(fast_loss, slow_loss)
-    torch.testing.assert_close(fast_logp, slow_logp)
-    for name in fast:
-        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-5)
 
-
+@pytest.mark.parametrize("mode", ["grouped", "vmap"])
 @pytest.mark.parametrize("multi_head", [False, True])
-def test_mean_is_plain_mtsac_on_the_summed_loss(multi_head, monkeypatch):
-    model = make_model(aggregator="mean", multi_head=multi_head)
+def test_mean_is_plain_mtsac_on_the_summed_loss(mode, multi_head, monkeypatch):
+    model = make_model(aggregator="mean", multi_head=multi_head, per_task_gradients=mode)
     model.learn(150)
     batch = model.replay_buffer.sample_tasks(8)
     task_inputs, shared, _ = critic_inputs(model, batch)
     params = dict(model.critic.named_parameters())
-    gradients, losses = per_task_gradients(critic_task_loss, params, task_inputs, shared)
     monkeypatch.setattr(model.critic.optimizer, "step", lambda: None)
-    model._apply(model.critic, gradients, losses, "critic")
-    # the grouped loss is the per-task losses, computed in one pass
-    torch.testing.assert_close(
-        critic_task_loss(params, *task_inputs, model.critic, "grouped")[0], losses
-    )
+    losses = model._step(model.critic, critic_task_loss, task_inputs, shared, "critic")
 
-    summed = critic_task_loss(params, *task_inputs, model.critic, "grouped")[0].sum()
-    reference = torch.autograd.grad(summed, list(params.values()))
+    summed = critic_task_loss(params, *task_inputs, model.critic, "grouped")[0]
+    torch.testing.assert_close(summed, losses)  # the grouped losses are the per-task losses
+    reference = torch.autograd.grad(summed.sum(), list(params.values()))
     for (name, param), expected in zip(params.items(), reference, strict=True):
         torch.testing.assert_close(param.grad, expected / TASKS, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -255,7 +263,7 @@ def test_gradient_modes_give_the_same_update(method, first, second, trained):
 def test_methods_that_combine_gradients_need_them():
     with pytest.raises(ValueError, match="cannot be 'none'"):
         make_model(aggregator="gradops", per_task_gradients="none")
-    with pytest.raises(ValueError, match="valid: vmap, loop, none"):
+    with pytest.raises(ValueError, match="valid: grouped, vmap, loop, none"):
         make_model(per_task_gradients="backward")
 
 

@@ -244,6 +244,7 @@ class MTSAC(OffPolicyAlgorithm):
             self.per_task_gradients == "none" or self.aggregators["critic"].loss_based
         )
         self.stats = DeviceMeans()
+        self.pairwise = DeviceMeans()
         self.layer_conflicts = {
             name: LayerConflicts(self.shared_layers(network), self.recon_threshold)
             for name, network in (("critic", self.critic), ("actor", self.actor))
@@ -416,6 +417,21 @@ class MTSAC(OffPolicyAlgorithm):
         self.stats.add(f"{prefix}/update_conflicts", stats.update_conflicts)
         self.stats.add(f"{prefix}/update_norm_ratio", stats.update_norm_ratio)
         self.stats.add(f"{prefix}/weight", stats.weights, self.task_names)
+        pairs = torch.triu_indices(len(self.task_names), len(self.task_names), offset=1)
+        first, second = pairs.tolist()
+        labels = [
+            f"{self.task_names[i]}/{self.task_names[j]}" for i, j in zip(first, second, strict=True)
+        ]
+        self.pairwise.add(f"{prefix}/cos", stats.cosines[pairs[0], pairs[1]], labels)
+
+    def record_pairwise_conflicts(self) -> None:
+        """Log the mean cosine of every task pair since the last call, as ``grad/<net>/cos/a/b``.
+
+        K(K−1)/2 numbers per network are too many to log at every dump on MT50, so callers log
+        them at a slower pace (the evaluation callback does, at every evaluation).
+        """
+        for key, value in self.pairwise.pop().items():
+            self.logger.record(key, value)
 
     # -- logging ------------------------------------------------------------------------------
 

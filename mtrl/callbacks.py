@@ -77,6 +77,8 @@ class EvaluationCallback(VectorStepCallback):
             self.logger.record(f"eval/success_rate/{task}", rate)
         for task, value in result.returns.items():
             self.logger.record(f"eval/return/{task}", value)
+        if hasattr(self.model, "record_pairwise_conflicts"):
+            self.model.record_pairwise_conflicts()
         self.logger.dump(self.num_timesteps)
 
 

@@ -10,6 +10,7 @@ from mtrl.checkpoint import CheckpointError
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.yaml"
 PROTOCOL = "protocol.json"
+FINISHED = "finished.json"  # written when a run completes its budget
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 

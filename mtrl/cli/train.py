@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
@@ -38,10 +41,17 @@ from mtrl.cli.settings import ConfigError, TrainSettings, train_settings
 from mtrl.envs.benchmarks import make_vector_env
 from mtrl.envs.evaluation import evaluate
 from mtrl.envs.vec_env import MetaWorldVecEnv
-from mtrl.runs import CONFIG, PROTOCOL, describe_earlier, latest_checkpoint
+from mtrl.runs import (
+    CONFIG,
+    FINISHED,
+    PROTOCOL,
+    describe_earlier,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 # Keys that may change when a run is resumed; everything else is the stopped run's own config.
-RESUMABLE_OVERRIDES = ("total_steps", "device", "progress_bar", "verbose", "resume")
+RESUMABLE_OVERRIDES = ("total_steps", "device", "progress_bar", "verbose", "resume", "threads")
 PACKAGES = ("mtrl", "torch", "metaworld", "mujoco", "gymnasium", "stable-baselines3", "numpy")
 
 # `hydra.run.dir` is the stopped run's own directory when `resume` is given.
@@ -167,6 +177,9 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             model.learn(
                 remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resuming
             )
+        if not model.stop_requested:
+            finished = {"total_steps": settings.total_steps, "env_steps": model.num_timesteps}
+            (run_dir / FINISHED).write_text(json.dumps(finished) + "\n")
         if model.stop_requested:
             print(
                 f"stopped at {model.num_timesteps} env steps; resume: mtrl-train resume={run_dir}"
@@ -177,6 +190,50 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
         eval_env.close()
 
 
+def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
+    """What to do with a job whose directory already holds its run (a restarted sweep).
+
+    Returns ``None`` when that run finished its budget (skip it), else the config to run with:
+    resumed from its newest checkpoint, or started afresh if it stopped before the first one.
+    """
+    saved = OmegaConf.load(run_dir / CONFIG)
+    current = OmegaConf.to_container(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
+    differing = sorted(
+        key
+        for key in set(current) | set(saved)
+        if key not in RESUMABLE_OVERRIDES and current.get(key) != saved.get(key)
+    )
+    if differing:
+        raise ConfigError(
+            f"{run_dir} already holds a run with another config (it differs in {differing}); "
+            "give the sweep another name, or remove that directory"
+        )
+    finished = run_dir / FINISHED
+    if finished.is_file() and json.loads(finished.read_text())["total_steps"] >= cfg.total_steps:
+        print(f"{run_dir} finished its {cfg.total_steps} steps already: skipped")
+        return None
+    if not list_checkpoints(run_dir):
+        return cfg
+    print(f"{run_dir} stopped before the end: resuming it")
+    return resume_config(cfg, run_dir, [])
+
+
+def set_threads(cfg: DictConfig, hydra_config: Any) -> None:
+    """Share the CPU between the jobs a launcher runs side by side on one machine.
+
+    Every job using every core makes OpenMP threads fight for them, which slows all jobs
+    down far more than splitting the cores does.
+    """
+    threads = cfg.threads
+    jobs = hydra_config.launcher.get("n_jobs") if hydra_config.mode == RunMode.MULTIRUN else None
+    if threads is None and jobs is not None:
+        cores = os.cpu_count() or 1
+        workers = jobs if jobs > 0 else cores + 1 + jobs  # joblib's count: -1 is every core
+        threads = max(1, cores // max(workers, 1))
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mtrl.configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     hydra_config = HydraConfig.get()
@@ -184,6 +241,11 @@ def main(cfg: DictConfig) -> None:
     try:
         if cfg.resume is not None:
             cfg = resume_config(cfg, Path(cfg.resume), list(hydra_config.overrides.task))
+        elif (run_dir / CONFIG).is_file():
+            cfg = restarted_job(cfg, run_dir)
+            if cfg is None:
+                return
+        set_threads(cfg, hydra_config)
         run(cfg, run_dir)
     except (ConfigError, CheckpointError) as error:
         print(f"mtrl-train: {error}", file=sys.stderr)

@@ -92,6 +92,11 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     scalars = set(events.Tags()["scalars"])
     assert {"eval/success_rate", "eval/best_success_rate", "eval/success_rate/push-v3"} <= scalars
     assert "eval/return/push-v3" in scalars and "train/critic_loss" in scalars
+    # pairwise task conflicts, logged at each evaluation
+    assert {
+        "grad/critic/cos/reach-v3/push-v3",
+        "grad/actor/cos/window-open-v3/window-close-v3",
+    } <= scalars
     assert {"run/config/text_summary", "run/protocol/text_summary"} <= set(events.Tags()["tensors"])
     protocol = (run_dir / "protocol.json").read_text()
     for field in (

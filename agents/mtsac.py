@@ -34,7 +34,7 @@ from torch.func import functional_call
 import mtrl
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.policies import MTSACPolicy
-from mtrl.aggregators import NonFiniteGradientError, aggregate, make_aggregator
+from mtrl.aggregators import aggregate, make_aggregator
 from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 from mtrl.conflict import LayerConflicts, conflict_stats
 from mtrl.jacobian import (
@@ -87,6 +87,11 @@ def actor_task_loss(
     return loss, (loss, log_prob.mean(dim=-1))
 
 
+def _finite(*tensors: Tensor) -> Tensor:
+    """A 0-d boolean tensor: no NaN or infinity in any of ``tensors`` (no host sync)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
 def _box_to_data(box: spaces.Box) -> dict[str, Any]:
     return {"low": box.low.tolist(), "high": box.high.tolist(), "dtype": str(box.dtype)}
 
@@ -123,6 +128,9 @@ class MTSAC(OffPolicyAlgorithm):
             Loss-based methods (``famo``) never compute per-task gradients.
         recon_threshold: S of Recon's per-layer conflict scores (``recon/...`` in TensorBoard):
             a task pair conflicts on a layer when its cosine there is below S.
+        compile_aggregator: ``torch.compile`` the method's K×K computation, a long chain of
+            tiny kernels for the solver-based methods (CAGrad, MGDA, Nash-MTL, ...): fused on
+            the CPU, captured as a CUDA graph on a GPU.
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -148,6 +156,7 @@ class MTSAC(OffPolicyAlgorithm):
         target_entropy: str | float = "auto",
         per_task_gradients: str = "grouped",
         recon_threshold: float = 0.0,
+        compile_aggregator: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -170,6 +179,7 @@ class MTSAC(OffPolicyAlgorithm):
             )
         self.per_task_gradients = per_task_gradients
         self.recon_threshold = recon_threshold
+        self.compile_aggregator = compile_aggregator
         if initial_alpha <= 0:
             raise ValueError(f"initial_alpha must be positive, got {initial_alpha}")
         super().__init__(
@@ -231,7 +241,10 @@ class MTSAC(OffPolicyAlgorithm):
         self.log_alpha = torch.full(
             (num_tasks,), math.log(self.initial_alpha), device=self.device, requires_grad=True
         )
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=self.lr_schedule(1))
+        # fused: it can skip a non-finite step on the device (see _step_if_finite)
+        self.alpha_optimizer = torch.optim.Adam(
+            [self.log_alpha], lr=self.lr_schedule(1), fused=True
+        )
         # Stateful methods (PCGrad's generator, GradVac's targets) keep one state per network.
         self.aggregators = {
             name: make_aggregator(self.aggregator_name, **self.aggregator_kwargs)
@@ -239,6 +252,10 @@ class MTSAC(OffPolicyAlgorithm):
         }
         if self.aggregators["actor"].requires_positive_losses:
             self.aggregators["actor"] = make_aggregator("mean")  # the actor loss can be negative
+        if self.compile_aggregator:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            for aggregator in self.aggregators.values():
+                aggregator.weights = torch.compile(aggregator.weights, mode=mode, dynamic=False)
         # Loss-based methods (FAMO) take one backward pass: no per-task gradient anywhere.
         self.summed_losses = (
             self.per_task_gradients == "none" or self.aggregators["critic"].loss_based
@@ -252,7 +269,16 @@ class MTSAC(OffPolicyAlgorithm):
         # Plain data that callbacks keep across a resume (best evaluation so far, benchmark).
         self.run_state: dict[str, Any] = {}
         self.stop_requested = False
-        self.skipped_updates = {"critic": 0, "actor": 0, "alpha": 0}
+        # Counted on the device, read when logging.
+        self.skipped_updates = {
+            name: torch.zeros((), dtype=torch.int64, device=self.device)
+            for name in ("critic", "actor", "alpha")
+        }
+        self._pairs = torch.triu_indices(num_tasks, num_tasks, offset=1, device=self.device)
+        first, second = self._pairs.tolist()
+        self._pair_labels = [
+            f"{self.task_names[i]}/{self.task_names[j]}" for i, j in zip(first, second, strict=True)
+        ]
         self._last_dump = (time.perf_counter(), 0, 0)
 
     # -- the update ---------------------------------------------------------------------------
@@ -277,7 +303,7 @@ class MTSAC(OffPolicyAlgorithm):
             soft_value = next_q.min(dim=0).values - alpha.unsqueeze(-1) * next_log_prob
             target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value
 
-        critic_losses = self._step(
+        self._step(
             self.critic,
             critic_task_loss,
             (batch.observations, batch.actions, target),
@@ -285,7 +311,7 @@ class MTSAC(OffPolicyAlgorithm):
             "critic",
         )
         frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
-        actor_losses, log_probs = self._step(
+        _, log_probs = self._step(
             self.actor,
             actor_task_loss,
             (batch.observations, torch.randn_like(batch.actions), alpha),
@@ -294,22 +320,25 @@ class MTSAC(OffPolicyAlgorithm):
         )
 
         alpha_loss = -(self.log_alpha * (log_probs.detach() + self.target_entropy)).mean()
-        if self._all_finite(alpha_loss):
-            self.alpha_optimizer.zero_grad()
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
-        else:
-            self.skipped_updates["alpha"] += 1
+        self.alpha_optimizer.zero_grad()
+        alpha_loss.backward()
+        self._step_if_finite(self.alpha_optimizer, "alpha", _finite(alpha_loss))
 
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-        self.stats.add("train/critic_loss", critic_losses.mean())
-        self.stats.add("train/actor_loss", actor_losses.mean())
-        self.stats.add("train/entropy", -log_probs.mean())
+        finite = _finite(log_probs)
+        self.stats.add("train/entropy", -log_probs.mean(), weight=finite)
         self.stats.add("train/alpha", self.log_alpha.detach().exp(), self.task_names)
 
-    @staticmethod
-    def _all_finite(*tensors: Tensor) -> bool:
-        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    def _step_if_finite(self, optimizer: torch.optim.Optimizer, name: str, finite: Tensor) -> None:
+        """Step ``optimizer`` unless ``finite`` (a 0-d flag, see :func:`_finite`) is false.
+
+        The flag stays on the device: fused Adam (and AdaTask) skip a step whose ``found_inf``
+        is set, as they do under mixed precision, so the host never waits for the answer. The
+        skip is counted and logged.
+        """
+        optimizer.found_inf = (~finite).to(torch.float32)
+        optimizer.step()
+        self.skipped_updates[name] += ~finite
 
     def _step(
         self,
@@ -326,14 +355,13 @@ class MTSAC(OffPolicyAlgorithm):
             # One backward pass of the weighted task losses: no Jacobian at all.
             losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
             weights = aggregator.weights(None, losses.detach())
-            self.stats.add(f"grad/{name}/weight", weights, self.task_names)
             network.optimizer.zero_grad()
             (weights * losses).sum().backward()
             grads = [p.grad for p in params.values() if p.grad is not None]
-            if not self._all_finite(losses, *grads):
-                self.skipped_updates[name] += 1
-                return aux
-            network.optimizer.step()
+            finite = _finite(losses, *grads)
+            self._step_if_finite(network.optimizer, name, finite)
+            self.stats.add(f"grad/{name}/weight", weights, self.task_names, weight=finite)
+            self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
             if aggregator.loss_based:
                 # Loss-based methods learn from how the step changed each task's loss.
                 with torch.no_grad():
@@ -365,43 +393,50 @@ class MTSAC(OffPolicyAlgorithm):
         name: str,
     ) -> None:
         """Combine the per-task gradients ``shared`` (``[K, *shape]``) into ``.grad``, give the
-        task-specific parameters their gradients ``own``, and step; skip anything non-finite."""
+        task-specific parameters their gradients ``own``, and step, unless anything is not
+        finite: then nothing reaches the weights (decided on the device, see
+        :meth:`_step_if_finite`)."""
         params = dict(network.named_parameters())
-        if not self._all_finite(losses, *own.values()):
-            self.skipped_updates[name] += 1
-            return
         # The Jacobian stays in per-parameter blocks: their Gram matrices add up to J Jᵀ and
         # give each layer's own conflicts on the way.
         blocks = {n: grad.flatten(start_dim=1) for n, grad in shared.items()}
         grams = {n: block @ block.T for n, block in blocks.items()}
-        try:
-            update, weights, gram = aggregate(
-                self.aggregators[name], list(blocks.values()), losses, gram=sum(grams.values())
-            )
-        except NonFiniteGradientError:
-            self.skipped_updates[name] += 1
-            return
+        gram = sum(grams.values())
+        finite = _finite(losses, gram, *own.values())
+        # On a skipped update the method, its state and the diagnostics see orthogonal unit
+        # gradients rather than NaNs; the update itself is zeroed and not applied.
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        update, weights, _ = aggregate(
+            self.aggregators[name],
+            list(blocks.values()),
+            losses,
+            gram=torch.where(finite, gram, eye),
+            check=False,
+        )
         for param_name, grad in zip(shared, update, strict=True):
-            params[param_name].grad = grad.view_as(params[param_name])
+            params[param_name].grad = torch.where(finite, grad, 0.0).view_as(params[param_name])
         for param_name, grad in own.items():
-            params[param_name].grad = grad
+            params[param_name].grad = torch.where(finite, grad, 0.0)
         if isinstance(network.optimizer, AdaTask):
             # Each task's share w_t g_t of the update gets its own Adam moments.
             network.optimizer.set_task_gradients(
                 {
-                    params[n]: weights.view(-1, *(1,) * params[n].dim()) * grad
+                    params[n]: torch.where(finite, weights, 0.0).view(-1, *[1] * (grad.dim() - 1))
+                    * grad
                     for n, grad in shared.items()
                 }
             )
-        network.optimizer.step()
-        self._record_conflicts(name, gram, weights)
+        self._step_if_finite(network.optimizer, name, finite)
+        self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
+        self._record_conflicts(name, torch.where(finite, gram, eye), weights, finite)
         layer_grams = [
-            sum(grams[f"net.{p}"] for p in names)
+            torch.where(finite, sum(grams[f"net.{p}"] for p in names), eye)
             for layer, names in enumerate(network.net.layer_parameters())
             if layer not in network.net.task_layers
         ]
         conflicts = self.layer_conflicts[name]
-        self.stats.add(f"recon/{name}", conflicts.add(layer_grams), conflicts.layers)
+        fractions = conflicts.add(layer_grams, weight=finite)
+        self.stats.add(f"recon/{name}", fractions, conflicts.layers, weight=finite)
 
     @staticmethod
     def shared_layers(network: Actor | Critic) -> list[str]:
@@ -409,20 +444,16 @@ class MTSAC(OffPolicyAlgorithm):
         depth = len(network.net.layer_parameters())
         return [f"layer{i}" for i in range(depth) if i not in network.net.task_layers]
 
-    def _record_conflicts(self, name: str, gram: Tensor, weights: Tensor) -> None:
+    def _record_conflicts(self, name: str, gram: Tensor, weights: Tensor, finite: Tensor) -> None:
         stats = conflict_stats(gram, weights)
         prefix = f"grad/{name}"
-        self.stats.add(f"{prefix}/conflicting_pairs", stats.conflicting_pairs)
-        self.stats.add(f"{prefix}/cos_min", stats.cos_min)
-        self.stats.add(f"{prefix}/update_conflicts", stats.update_conflicts)
-        self.stats.add(f"{prefix}/update_norm_ratio", stats.update_norm_ratio)
-        self.stats.add(f"{prefix}/weight", stats.weights, self.task_names)
-        pairs = torch.triu_indices(len(self.task_names), len(self.task_names), offset=1)
-        first, second = pairs.tolist()
-        labels = [
-            f"{self.task_names[i]}/{self.task_names[j]}" for i, j in zip(first, second, strict=True)
-        ]
-        self.pairwise.add(f"{prefix}/cos", stats.cosines[pairs[0], pairs[1]], labels)
+        for key in ("conflicting_pairs", "cos_min", "update_conflicts", "update_norm_ratio"):
+            self.stats.add(f"{prefix}/{key}", getattr(stats, key), weight=finite)
+        self.stats.add(f"{prefix}/weight", stats.weights, self.task_names, weight=finite)
+        first, second = self._pairs
+        self.pairwise.add(
+            f"{prefix}/cos", stats.cosines[first, second], self._pair_labels, weight=finite
+        )
 
     def record_pairwise_conflicts(self) -> None:
         """Log the mean cosine of every task pair since the last call, as ``grad/<net>/cos/a/b``.
@@ -458,7 +489,7 @@ class MTSAC(OffPolicyAlgorithm):
         for key, value in self.stats.pop().items():
             self.logger.record(key, value)
         for name, count in self.skipped_updates.items():
-            self.logger.record(f"train/skipped_updates/{name}", count)
+            self.logger.record(f"train/skipped_updates/{name}", int(count))
         now, steps, updates = time.perf_counter(), self.num_timesteps, self._n_updates
         last_time, last_steps, last_updates = self._last_dump
         elapsed = max(now - last_time, 1e-9)
@@ -491,6 +522,7 @@ class MTSAC(OffPolicyAlgorithm):
             "target_entropy": float(self.target_entropy),
             "per_task_gradients": self.per_task_gradients,
             "recon_threshold": float(self.recon_threshold),
+            "compile_aggregator": bool(self.compile_aggregator),
             "policy_kwargs": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in policy_kwargs.items()
             },
@@ -521,7 +553,7 @@ class MTSAC(OffPolicyAlgorithm):
                 "num_timesteps": int(self.num_timesteps),
                 "n_updates": int(self._n_updates),
                 "episode_num": int(self._episode_num),
-                "skipped_updates": dict(self.skipped_updates),
+                "skipped_updates": {k: int(v) for k, v in self.skipped_updates.items()},
             },
             "rng": _rng_state(self.action_space),
             "run_state": dict(self.run_state),
@@ -586,7 +618,8 @@ class MTSAC(OffPolicyAlgorithm):
         self.num_timesteps = counters["num_timesteps"]
         self._n_updates = counters["n_updates"]
         self._episode_num = counters["episode_num"]
-        self.skipped_updates = dict(counters["skipped_updates"])
+        for name, count in counters["skipped_updates"].items():
+            self.skipped_updates[name].fill_(count)
         self.run_state = dict(state["run_state"])
         for name, conflicts in self.layer_conflicts.items():
             conflicts.load_state_dict(state["layer_conflicts"][name])

@@ -98,9 +98,11 @@ class MTSACPolicy(BasePolicy):
             if optimizer == "adatask":
                 network.optimizer = AdaTask(network.parameters(), num_tasks, lr=lr)
             else:
-                network.optimizer = optimizer_class(
-                    network.parameters(), lr=lr, **self.optimizer_kwargs
-                )
+                kwargs = dict(self.optimizer_kwargs)
+                if optimizer_class is torch.optim.Adam:
+                    # fused Adam can skip a non-finite step on the device, without a host sync
+                    kwargs.setdefault("fused", True)
+                network.optimizer = optimizer_class(network.parameters(), lr=lr, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

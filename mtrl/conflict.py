@@ -86,40 +86,43 @@ class LayerConflicts:
             raise ValueError(f"the conflict threshold S must be in [-1, 0], got {threshold}")
         self.layers, self.threshold = list(layers), threshold
         self.counts: Tensor | None = None
-        self.pairs = 0
+        self.pairs: Tensor | float = 0.0
 
-    def add(self, layer_grams: list[Tensor]) -> Tensor:
-        """Count one update's conflicting pairs per layer; returns this update's fractions."""
+    def add(self, layer_grams: list[Tensor], weight: Tensor | None = None) -> Tensor:
+        """Count one update's conflicting pairs per layer; returns this update's fractions.
+
+        ``weight`` (a 0/1 tensor) leaves an update out without a host check.
+        """
         grams = torch.stack(layer_grams).to(torch.float64)
         size = grams.shape[-1]
         norms = grams.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
         cosines = _safe_div(grams, norms.unsqueeze(-1) * norms.unsqueeze(-2))
         upper = torch.triu_indices(size, size, offset=1, device=grams.device)
-        below = (cosines[:, upper[0], upper[1]] < self.threshold).sum(dim=-1)
+        below = (cosines[:, upper[0], upper[1]] < self.threshold).sum(dim=-1).to(torch.float64)
+        pairs = float(upper.shape[1])
+        if weight is not None:
+            below, pairs = below * weight, pairs * weight.to(torch.float64)
         self.counts = below if self.counts is None else self.counts + below
-        self.pairs += upper.shape[1]
-        return below.to(torch.float64) / max(upper.shape[1], 1)
+        self.pairs = self.pairs + pairs
+        return below / max(upper.shape[1], 1)
 
     def scores(self) -> dict[str, float]:
         """Layer name → fraction of all (update, pair) entries below the threshold."""
-        if self.counts is None or self.pairs == 0:
+        pairs = float(self.pairs)
+        if self.counts is None or pairs == 0:
             return dict.fromkeys(self.layers, 0.0)
-        values = (self.counts.to(torch.float64) / self.pairs).tolist()
-        return dict(zip(self.layers, values, strict=True))
+        return dict(zip(self.layers, (self.counts / pairs).tolist(), strict=True))
 
     def state_dict(self) -> dict:
         return {
             "layers": self.layers,
             "threshold": self.threshold,
             "counts": self.counts,
-            "pairs": self.pairs,
+            "pairs": float(self.pairs),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["layers"]) != self.layers:
             raise ValueError(f"conflict counts for layers {state['layers']}, not {self.layers}")
-        self.threshold, self.counts, self.pairs = (
-            state["threshold"],
-            state["counts"],
-            state["pairs"],
-        )
+        self.threshold, self.counts = state["threshold"], state["counts"]
+        self.pairs = state["pairs"]

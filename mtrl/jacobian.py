@@ -89,7 +89,7 @@ def per_task_gradients_grouped(
     tasks = losses.shape[0]
     gradients = {}
     for module, output_grads in zip(shared, grads[: len(shared)], strict=True):
-        inputs = seen[module][0]
+        inputs = seen[module][0].detach()  # gradients are data: keep no graph alive
         for name, grad in module.per_task_gradients(inputs, output_grads, tasks).items():
             gradients[f"{prefixes[module]}.{name}"] = grad
     own = {name: grad / tasks for name, grad in zip(own_names, grads[len(shared) :], strict=True)}

@@ -55,6 +55,9 @@ class AdaTask(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Set by the caller, as for torch's fused Adam: a step with found_inf = 1 changes
+        # nothing, decided on the device.
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -65,17 +68,21 @@ class AdaTask(torch.optim.Optimizer):
                     grads = param.grad.unsqueeze(0)
                 state = self.state[param]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=param.device)
                     state["exp_avg"] = torch.zeros_like(grads)
                     state["exp_avg_sq"] = torch.zeros_like(grads)
-                state["step"] += 1
+                keep = torch.ones((), device=grads.device)
+                if found_inf is not None:
+                    keep = 1 - found_inf.to(grads.device)
+                    grads = torch.where(keep > 0, grads, 0.0)
+                state["step"] += keep.to(torch.float64)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(grads, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
-                step = state["step"]
+                exp_avg.lerp_(grads, (1 - beta1) * keep)
+                exp_avg_sq.lerp_(grads * grads, (1 - beta2) * keep)
+                step = state["step"].clamp_min(1)
                 first = exp_avg / (1 - beta1**step)
                 second = exp_avg_sq / (1 - beta2**step)
                 update = (first / (second.sqrt() + group["eps"])).sum(dim=0)
-                param.add_(update.to(param.dtype), alpha=-group["lr"])
+                param.sub_(group["lr"] * keep * update.to(param.dtype))
         self._task_gradients = {}
         return loss

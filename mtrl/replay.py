@@ -1,4 +1,11 @@
-"""A replay buffer that samples the same number of transitions from every task."""
+"""A replay buffer that samples the same number of transitions from every task, on the device.
+
+SB3's buffers keep numpy arrays on the host and copy every batch to the device. Here the
+storage is torch tensors on the training device, and a batch is drawn with a generator on that
+device, so sampling never waits for the host. The buffer keeps SB3's interface (``add``,
+``sample``) and its conventions: one column per environment, ``buffer_size`` counting
+transitions over all of them, and time-limit truncations that bootstrap.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import Tensor
 
-_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+_STORAGE = ("observations", "next_observations", "actions", "rewards", "terminals")
 
 
 class TaskBatch(NamedTuple):
@@ -24,13 +31,11 @@ class TaskBatch(NamedTuple):
     rewards: Tensor
 
 
-class MultiTaskReplayBuffer(ReplayBuffer):
-    """SB3's :class:`ReplayBuffer` with one environment per task, sampled task by task.
+class MultiTaskReplayBuffer(BaseBuffer):
+    """One environment per task; a stratified batch is B rows drawn for each task's column.
 
-    SB3 stores transitions as ``[rows, n_envs, ...]``; with one environment per task, column k
-    holds task k's transitions, and a stratified batch is B rows drawn for each column. The
-    buffer keeps its own random generator, so that a resumed run draws the batches it would
-    have drawn. ``buffer_size`` counts transitions over all tasks, as in SB3.
+    The buffer keeps its own seeded generator, so that a resumed run draws the batches it
+    would have drawn.
     """
 
     def __init__(
@@ -41,27 +46,59 @@ class MultiTaskReplayBuffer(ReplayBuffer):
         device: torch.device | str = "auto",
         n_envs: int = 1,
         seed: int | None = None,
-        **kwargs: Any,
+        **_: Any,
     ) -> None:
-        super().__init__(buffer_size, observation_space, action_space, device, n_envs, **kwargs)
-        if not self.handle_timeout_termination:
-            raise ValueError("multi-task SAC needs handle_timeout_termination=True")
-        self.rng = np.random.default_rng(seed)
+        super().__init__(buffer_size, observation_space, action_space, device, n_envs)
+        self.buffer_size = max(buffer_size // n_envs, 1)
+        rows = (self.buffer_size, n_envs)
+        # empty, not zeros: rows are written before they are read, and untouched pages of a
+        # large buffer then cost no memory
+        self.observations = torch.empty(*rows, *self.obs_shape, device=self.device)
+        self.next_observations = torch.empty(*rows, *self.obs_shape, device=self.device)
+        self.actions = torch.empty(*rows, self.action_dim, device=self.device)
+        self.rewards = torch.empty(*rows, device=self.device)
+        self.terminals = torch.empty(*rows, device=self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
+        self._tasks = torch.arange(n_envs, device=self.device)[:, None]
+
+    def _to_device(self, array: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.asarray(array, dtype=np.float32)).to(self.device)
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """Store one step of every environment; truncations by a time limit are not terminal."""
+        truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+        row = self.pos
+        self.observations[row] = self._to_device(obs)
+        self.next_observations[row] = self._to_device(next_obs)
+        self.actions[row] = self._to_device(np.reshape(action, (self.n_envs, self.action_dim)))
+        self.rewards[row] = self._to_device(reward)
+        self.terminals[row] = self._to_device(np.logical_and(done, ~truncated))
+        self.pos = (self.pos + 1) % self.buffer_size
+        self.full = self.full or self.pos == 0
 
     def sample_tasks(self, batch_per_task: int) -> TaskBatch:
         """``batch_per_task`` transitions drawn uniformly from each task's history."""
-        filled = self.buffer_size if self.full else self.pos
+        filled = self.size()
         if filled == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        rows = self.rng.integers(0, filled, size=(self.n_envs, batch_per_task))
-        tasks = np.arange(self.n_envs)[:, None]
-        done = self.dones[rows, tasks] * (1 - self.timeouts[rows, tasks])
+        rows = torch.randint(
+            filled, (self.n_envs, batch_per_task), generator=self.generator, device=self.device
+        )
         return TaskBatch(
-            self.to_torch(self.observations[rows, tasks]),
-            self.to_torch(self.actions[rows, tasks]),
-            self.to_torch(self.next_observations[rows, tasks]),
-            self.to_torch(done),
-            self.to_torch(self.rewards[rows, tasks]),
+            self.observations[rows, self._tasks],
+            self.actions[rows, self._tasks],
+            self.next_observations[rows, self._tasks],
+            self.terminals[rows, self._tasks],
+            self.rewards[rows, self._tasks],
         )
 
     def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
@@ -77,24 +114,25 @@ class MultiTaskReplayBuffer(ReplayBuffer):
             batch.rewards.reshape(-1, 1),
         )
 
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
+        raise NotImplementedError("MultiTaskReplayBuffer samples with sample_tasks()")
+
     def state_dict(self) -> dict[str, Any]:
-        """The stored transitions (only the filled rows), the write position and the generator."""
-        filled = self.buffer_size if self.full else self.pos
+        """The stored transitions (filled rows only, on the CPU), the position, the generator."""
         state: dict[str, Any] = {
-            name: torch.from_numpy(getattr(self, name)[:filled].copy()) for name in _ARRAYS
+            name: getattr(self, name)[: self.size()].cpu() for name in _STORAGE
         }
-        state.update(pos=self.pos, full=self.full, rng=self.rng.bit_generator.state)
+        state.update(pos=self.pos, full=self.full, generator=self.generator.get_state())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in _ARRAYS:
-            stored = state[name].numpy()
-            target = getattr(self, name)
+        for name in _STORAGE:
+            stored, target = state[name], getattr(self, name)
             if stored.shape[1:] != target.shape[1:] or len(stored) > len(target):
                 raise ValueError(
                     f"replay buffer {name} of shape {tuple(stored.shape)} does not fit a buffer "
-                    f"of shape {target.shape}"
+                    f"of shape {tuple(target.shape)}"
                 )
-            target[: len(stored)] = stored
+            target[: len(stored)] = stored.to(self.device)
         self.pos, self.full = int(state["pos"]), bool(state["full"])
-        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])

@@ -63,3 +63,18 @@ def test_wrongly_shaped_task_gradients_are_refused():
     param = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
         AdaTask([param], num_tasks=3).set_task_gradients({param: torch.zeros(2, 2)})
+
+
+def test_a_step_with_found_inf_changes_nothing():
+    param = torch.zeros(2, requires_grad=True)
+    optimizer = AdaTask([param], num_tasks=2, lr=0.1)
+    optimizer.found_inf = torch.tensor(1.0)
+    optimizer.set_task_gradients({param: torch.full((2, 2), float("nan"))})
+    optimizer.step()
+    assert torch.equal(param.detach(), torch.zeros(2))
+    state = optimizer.state_dict()["state"][0]
+    assert state["step"] == 0 and torch.equal(state["exp_avg"], torch.zeros(2, 2))
+    optimizer.found_inf = torch.tensor(0.0)
+    optimizer.set_task_gradients({param: torch.ones(2, 2)})
+    optimizer.step()  # the first real step is a full Adam step per task
+    torch.testing.assert_close(param.detach(), torch.full((2,), -0.2), rtol=1e-5, atol=1e-7)

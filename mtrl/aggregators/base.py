@@ -127,12 +127,14 @@ def aggregate(
     jacobian: Tensor | Sequence[Tensor],
     losses: Tensor | None = None,
     gram: Tensor | None = None,
+    check: bool = True,
 ) -> Aggregation:
     """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
 
     ``jacobian`` may also be a list of column blocks ``[K, P_i]`` (one per parameter, say), so
     that the gradients are never copied into one matrix; ``gram`` may be given if the caller
-    already has it. Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The
+    already has it. Raises :class:`NonFiniteGradientError` on NaN or infinite gradients, unless
+    ``check=False`` (the caller then handles them without the host sync the check costs). The
     Gram matrix comes back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
     """
     blocks = [jacobian] if isinstance(jacobian, Tensor) else list(jacobian)
@@ -141,7 +143,8 @@ def aggregate(
         raise ValueError(f"expected a Jacobian of shape [K, P] (or blocks of it), got {shapes}")
     if gram is None:
         gram = sum(block @ block.T for block in blocks)
-    check_finite(gram)
+    if check:
+        check_finite(gram)
     weights = aggregator.weights(gram, losses)
     update = [weights @ block for block in blocks]
     return Aggregation(update[0] if isinstance(jacobian, Tensor) else update, weights, gram)

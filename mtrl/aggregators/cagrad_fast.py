@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mtrl.aggregators.base import normalized_gram, register
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual, conflict_averse_update
-from mtrl.aggregators.tools import reseed
+from mtrl.aggregators.tools import reseed, upload
 
 
 @register("cagrad-fast")
@@ -67,7 +67,7 @@ class FastCAGrad(CAGrad):
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         g = normalized_gram(gram)
         size = g.shape[0]
-        grouping = self.grouping(size).to(g.device, non_blocking=True)
+        grouping = upload(self.grouping(size), g.device)
         group_gram = grouping @ g @ grouping.T
         anchor = grouping.count_nonzero(dim=1).to(g.dtype) / size  # ω: group sizes / K
         radius = self.c * (anchor @ group_gram @ anchor).clamp_min(0).sqrt()

@@ -68,6 +68,11 @@ class FAMO(Aggregator):
         logits = self._task_logits(losses_before)
         z = torch.softmax(logits, dim=0)
         decrease = torch.log(losses_before + self.eps) - torch.log(losses_after + self.eps)
+        # A step whose losses were not finite teaches nothing: the logits and the moments stay
+        # as they were (decided on the device, with no host sync).
+        finite = torch.isfinite(decrease).all()
+        keep = finite.to(logits.dtype)
+        decrease = torch.where(finite, decrease, 0.0)
         # (∂z/∂ξ)ᵀ δ for the softmax, plus Adam-style L2 weight decay
         gradient = z * (decrease - (z * decrease).sum()) + self.gamma * logits
         beta1, beta2 = self.betas
@@ -78,12 +83,13 @@ class FAMO(Aggregator):
                 "v": torch.zeros_like(logits),
             }
         state = self._adam
-        state["step"] += 1
-        state["m"].lerp_(gradient, 1 - beta1)
-        state["v"].mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-        m_hat = state["m"] / (1 - beta1 ** state["step"])
-        v_hat = state["v"] / (1 - beta2 ** state["step"])
-        self._logits = logits - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+        state["step"] += keep
+        state["m"].lerp_(gradient, (1 - beta1) * keep)
+        state["v"].lerp_(gradient.square(), (1 - beta2) * keep)
+        step = state["step"].clamp_min(1)
+        m_hat = state["m"] / (1 - beta1**step)
+        v_hat = state["v"] / (1 - beta2**step)
+        self._logits = logits - keep * self.lr * m_hat / (v_hat.sqrt() + 1e-8)
 
     def reset(self) -> None:
         self._logits, self._adam = None, {}

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, register
+from mtrl.aggregators.tools import upload
 
 # Newton steps with a line search over STEP_SIZES. From the start below, 25 steps bring
 # |β_i ((C + εI)β)_i − 1| under 1e-6 on every test matrix, including rank-deficient ones whose
@@ -64,7 +65,7 @@ class NashMTL(Aggregator):
         beta = torch.where(active, start, 1 / math.sqrt(self.ridge))
         # each Newton step tries the step sizes 2, 1, ½, …, 2⁻¹⁰ together and keeps the one
         # with the least f that stays inside α > 0: a line search without host syncs
-        sizes = torch.tensor(STEP_SIZES, dtype=cosines.dtype, device=cosines.device)[:, None]
+        sizes = upload(torch.tensor(STEP_SIZES, dtype=cosines.dtype), cosines.device)[:, None]
         for _ in range(NEWTON_STEPS):
             gradient = matrix @ beta - 1 / beta
             hessian = matrix + torch.diag(beta.pow(-2))

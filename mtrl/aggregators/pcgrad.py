@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
-from mtrl.aggregators.tools import reseed
+from mtrl.aggregators.tools import reseed, upload
 
 
 @register("pcgrad")
@@ -53,7 +53,7 @@ class PCGrad(Aggregator):
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         size = gram.shape[0]
         g = normalized_gram(gram)
-        orders = self.visiting_orders(size).to(g.device, non_blocking=True)
+        orders = upload(self.visiting_orders(size), g.device)
         coefficients = torch.eye(size, dtype=g.dtype, device=g.device)  # row i is c_i
         squared_norms = g.diagonal().clamp_min(torch.finfo(g.dtype).tiny)
         tasks = torch.arange(size, device=g.device)

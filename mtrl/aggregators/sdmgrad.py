@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
 from mtrl.aggregators.mgda import min_norm_weights
-from mtrl.aggregators.tools import reseed, uniform
+from mtrl.aggregators.tools import reseed, uniform, upload
 
 
 def sdmgrad_weights(gram: Tensor, lmbda: float) -> Tensor:
@@ -114,7 +114,7 @@ class SDMGradOS(Aggregator):
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         g = normalized_gram(gram)
-        tasks = self.sample(g.shape[0]).to(g.device, non_blocking=True)
+        tasks = upload(self.sample(g.shape[0]), g.device)
         # The sub-problem is normalised on its own, as if only these gradients existed.
         sampled = sdmgrad_weights(normalized_gram(g[tasks][:, tasks]), self.lmbda)
         weights = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)

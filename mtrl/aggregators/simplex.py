@@ -38,7 +38,7 @@ def minimize_on_simplex(
     kkt[:size, size] = 1.0
     kkt[size, :size] = 1.0
     rhs = torch.zeros(size + 1, dtype=like.dtype, device=like.device)
-    inf = torch.tensor(torch.inf, dtype=like.dtype, device=like.device)
+    inf = torch.full((), torch.inf, dtype=like.dtype, device=like.device)  # no host copy
     for barrier in np.geomspace(barrier_start, barrier_end, steps).tolist():
         gradient, hessian = gradient_and_hessian(w)
         kkt[:size, :size] = hessian + torch.diag(barrier / w.square())

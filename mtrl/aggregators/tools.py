@@ -21,3 +21,14 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator``, and 0 where the denominator is 0 (no NaN, no host sync)."""
     nonzero = denominator != 0
     return torch.where(nonzero, numerator, 0.0) / torch.where(nonzero, denominator, 1.0)
+
+
+def upload(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` (made on the host, e.g. random draws from a CPU generator) on ``device``.
+
+    A copy from ordinary host memory to a GPU waits for the GPU's queue first; from pinned
+    memory it joins the queue like any kernel, so the host never waits.
+    """
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -31,7 +31,7 @@ def layer_scores(run_dir: Path) -> dict[tuple[str, int], float]:
     scores = {}
     for network in NETWORKS:
         counts = state["layer_conflicts"][network]
-        pairs = counts["pairs"]
+        pairs = float(counts["pairs"])
         if not pairs:
             raise CheckpointError(f"{run_dir} has not recorded any update yet")
         values = counts["counts"].double() / pairs

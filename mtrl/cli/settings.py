@@ -120,6 +120,7 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
         "initial_alpha": _number(
             "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
         ),
+        "compile_aggregator": bool(agent["compile_aggregator"]),
         "recon_threshold": _number("agent.recon_threshold", agent["recon_threshold"], -1, 0),
         "per_task_gradients": _choice(
             "agent.per_task_gradients", agent["per_task_gradients"], GRADIENT_MODES

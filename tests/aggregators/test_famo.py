@@ -64,3 +64,14 @@ def test_needs_losses_and_no_gram():
 def test_bad_hyperparameters_are_refused(bad):
     with pytest.raises(ValueError, match="famo"):
         make_aggregator("famo", **bad)
+
+
+def test_a_non_finite_step_teaches_nothing():
+    famo = FAMO()
+    losses = torch.tensor([1.0, 2.0])
+    famo.weights(None, losses)
+    famo.observe(losses, torch.tensor([0.5, 2.0]))
+    state = {k: v.clone() for k, v in famo.state_dict().items()}
+    famo.observe(losses, torch.tensor([float("nan"), 1.0]))
+    for key, value in famo.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -7,19 +7,18 @@ practical speed-up; code: github.com/Cranial-XIX/CAGrad, ``mtrl/mtrl_files/cagra
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import normalized_gram, register
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual, conflict_averse_update
-from mtrl.aggregators.tools import reseed, upload
+from mtrl.aggregators.tools import Seeded, upload
 
 
 @register("cagrad-fast")
 @dataclasses.dataclass
-class FastCAGrad(CAGrad):
+class FastCAGrad(Seeded, CAGrad):
     """Each call shuffles the tasks into n groups: n − 1 single tasks and one group holding the
     other K − n + 1, whose gradients are averaged. With the ``n × K`` grouping matrix A (rows
     ``e_j`` and the rest's ``1/(K−n+1)`` indicator), CAGrad runs on the group Gram matrix
@@ -49,11 +48,7 @@ class FastCAGrad(CAGrad):
         super().__post_init__()
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
             raise ValueError(f"{self.name}: groups must be an integer >= 1, got {self.groups!r}")
-        self._generator = torch.Generator()
-        self.reset()
-
-    def reset(self) -> None:
-        reseed(self._generator, self.seed)
+        self._start_generator()
 
     def grouping(self, size: int) -> Tensor:
         """The ``[n, K]`` float64 grouping matrix A on the CPU; draws from the generator."""
@@ -74,9 +69,3 @@ class FastCAGrad(CAGrad):
         w = conflict_averse_dual(group_gram, anchor, radius, self.smoothing)
         update = conflict_averse_update(group_gram, anchor, w, self.c, self.rescale, self.smoothing)
         return (update @ grouping).to(gram.dtype)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])

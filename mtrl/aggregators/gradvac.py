@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
-from mtrl.aggregators.tools import reseed, safe_divide, upload
+from mtrl.aggregators.tools import Seeded, safe_divide, upload, visiting_orders
 
 # Floor on sqrt(1 − φ̂²): a target of exactly 1 (reachable by rounding) would ask for an
 # infinite step; the floor caps it at a finite one.
@@ -23,7 +23,7 @@ _MIN_SINE = 1e-8
 
 @register("gradvac")
 @dataclasses.dataclass
-class GradVac(Aggregator):
+class GradVac(Seeded, Aggregator):
     """For each task i, start from ``g'_i = g_i`` and visit the other tasks j in a random order:
     with ``φ_ij = cos(g'_i, g_j)`` and the running target ``φ̂_ij``, if ``φ_ij < φ̂_ij`` add
     ``g_j ‖g'_i‖ (φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²))`` to ``g'_i``, which makes
@@ -50,11 +50,11 @@ class GradVac(Aggregator):
     def __post_init__(self) -> None:
         if not (math.isfinite(self.beta) and 0 < self.beta <= 1):
             raise ValueError(f"{self.name}: beta must be in (0, 1], got {self.beta}")
-        self._generator = torch.Generator()
-        self.reset()
+        self._start_generator()
+        self._targets = torch.zeros(0, 0, dtype=torch.float64)
 
     def reset(self) -> None:
-        reseed(self._generator, self.seed)
+        super().reset()
         self._targets = torch.zeros(0, 0, dtype=torch.float64)
 
     @property
@@ -64,9 +64,7 @@ class GradVac(Aggregator):
 
     def visiting_orders(self, size: int) -> Tensor:
         """One random permutation of the other tasks per task: row i lists the j ≠ i."""
-        keys = torch.rand(size, size, generator=self._generator, dtype=torch.float64)
-        keys.fill_diagonal_(2.0)  # sorts each task itself last, where it is dropped
-        return keys.argsort(dim=1)[:, : size - 1]
+        return visiting_orders(self._generator, size)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         size = gram.shape[0]
@@ -98,8 +96,8 @@ class GradVac(Aggregator):
         return coefficients.sum(dim=0).to(gram.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state(), "targets": self._targets.cpu().clone()}
+        return {**super().state_dict(), "targets": self._targets.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self._targets = state["targets"].to(torch.float64).clone()

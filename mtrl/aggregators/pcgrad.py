@@ -6,18 +6,17 @@ Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
-from mtrl.aggregators.tools import reseed, upload
+from mtrl.aggregators.tools import Seeded, upload, visiting_orders
 
 
 @register("pcgrad")
 @dataclasses.dataclass
-class PCGrad(Aggregator):
+class PCGrad(Seeded, Aggregator):
     """For each task i, visit the other tasks j in a random order; while ``g_i^PC · g_j < 0``
     remove the projection of ``g_i^PC`` onto the original ``g_j``.
 
@@ -38,17 +37,11 @@ class PCGrad(Aggregator):
     def __post_init__(self) -> None:
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"pcgrad: reduction must be 'mean' or 'sum', got {self.reduction!r}")
-        self._generator = torch.Generator()
-        self.reset()
-
-    def reset(self) -> None:
-        reseed(self._generator, self.seed)
+        self._start_generator()
 
     def visiting_orders(self, size: int) -> Tensor:
         """One random permutation of the other tasks per task: row i lists the j ≠ i."""
-        keys = torch.rand(size, size, generator=self._generator, dtype=torch.float64)
-        keys.fill_diagonal_(2.0)  # sorts each task itself last, where it is dropped
-        return keys.argsort(dim=1)[:, : size - 1]
+        return visiting_orders(self._generator, size)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         size = gram.shape[0]
@@ -65,9 +58,3 @@ class PCGrad(Aggregator):
         if self.reduction == "mean":
             total = total / size
         return total.to(gram.dtype)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
 from mtrl.aggregators.mgda import min_norm_weights
-from mtrl.aggregators.tools import reseed, uniform, upload
+from mtrl.aggregators.tools import Seeded, uniform, upload
 
 
 def sdmgrad_weights(gram: Tensor, lmbda: float) -> Tensor:
@@ -57,7 +56,7 @@ class SDMGrad(Aggregator):
 
 @register("sdmgrad-os")
 @dataclasses.dataclass
-class SDMGradOS(Aggregator):
+class SDMGradOS(Seeded, Aggregator):
     """SDMGrad with objective sampling: each call samples a subset S of the tasks and applies
     SDMGrad to them alone (``g0`` is the mean over S), so ``d = (g_w* + λ g0_S) / (1 + λ)`` and
     tasks outside S get weight 0.
@@ -85,11 +84,7 @@ class SDMGradOS(Aggregator):
         count = self.num_samples
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"{self.name}: num_samples must be an integer >= 1, got {count!r}")
-        self._generator = torch.Generator()
-        self.reset()
-
-    def reset(self) -> None:
-        reseed(self._generator, self.seed)
+        self._start_generator()
 
     def sample(self, size: int) -> Tensor:
         """The sampled tasks (sorted indices, on the CPU) for ``size`` tasks; draws from the
@@ -119,9 +114,3 @@ class SDMGradOS(Aggregator):
         sampled = sdmgrad_weights(normalized_gram(g[tasks][:, tasks]), self.lmbda)
         weights = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
         return weights.index_copy(0, tasks, sampled).to(gram.dtype)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 
-def reseed(generator: torch.Generator, seed: int | None) -> None:
-    """Seed a method's CPU generator; ``None`` draws the seed from torch's global generator, so
-    that ``torch.manual_seed`` makes runs repeatable."""
-    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+class Seeded:
+    """For methods that draw random numbers: a CPU generator seeded from the ``seed`` field.
+
+    ``seed=None`` draws the seed from torch's global generator, so that ``torch.manual_seed``
+    makes runs repeatable. ``reset`` restarts the stream; the generator's state is part of the
+    method's checkpointed state. Drawing on the host keeps the draws identical on every
+    device; :func:`upload` sends them to the device without a host sync.
+    """
+
+    seed: int | None
+    _generator: torch.Generator
+
+    def _start_generator(self) -> None:
+        self._generator = torch.Generator()
+        Seeded.reset(self)
+
+    def reset(self) -> None:
+        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+        self._generator.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
+
+
+def visiting_orders(generator: torch.Generator, size: int) -> Tensor:
+    """One random permutation of the other tasks per task: row i lists the j ≠ i."""
+    keys = torch.rand(size, size, generator=generator, dtype=torch.float64)
+    keys.fill_diagonal_(2.0)  # sorts each task itself last, where it is dropped
+    return keys.argsort(dim=1)[:, : size - 1]
 
 
 def uniform(size: int, like: Tensor) -> Tensor:

@@ -246,20 +246,34 @@ def updated_parameters(model, batch, seed=0):
     return [p.detach() for p in model.policy.parameters()] + [model.log_alpha.detach()]
 
 
+def assert_same_update(trained, *variants):
+    """Models that differ only in ``variants`` (keyword arguments) take the same update step
+    from the same weights on the same batch; random draws come from the same seed."""
+    batch = trained.replay_buffer.sample_tasks(8)
+    updates = []
+    for variant in variants:
+        model = make_model(**variant)
+        model.policy.load_state_dict(trained.policy.state_dict())
+        updates.append(updated_parameters(model, batch))
+    for first, second in zip(*updates, strict=True):
+        torch.testing.assert_close(first, second, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("method", "first", "second"),
-    [("gradops", "vmap", "loop"), ("pcgrad", "vmap", "loop"), ("mean", "vmap", "none")],
+    [
+        ("gradops", "grouped", "loop"),
+        ("gradops", "vmap", "loop"),
+        ("pcgrad", "grouped", "vmap"),
+        ("mean", "grouped", "none"),
+    ],
 )
 def test_gradient_modes_give_the_same_update(method, first, second, trained):
-    batch = trained.replay_buffer.sample_tasks(8)
-    models = []
-    for mode in (first, second):
-        model = make_model(aggregator=method, per_task_gradients=mode)
-        model.policy.load_state_dict(trained.policy.state_dict())
-        models.append(model)
-    # PCGrad draws its visiting orders from the same seed in both models
-    for a, b in zip(*(updated_parameters(m, batch) for m in models), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_update(
+        trained,
+        {"aggregator": method, "per_task_gradients": first},
+        {"aggregator": method, "per_task_gradients": second},
+    )
 
 
 def test_methods_that_combine_gradients_need_them():
@@ -301,12 +315,8 @@ def test_famo_takes_one_backward_pass_and_learns_its_weights(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregator", ["cagrad", "pcgrad", "gradvac", "nash-mtl"])
 def test_a_compiled_aggregator_gives_the_same_update(aggregator, trained):
-    batch = trained.replay_buffer.sample_tasks(8)
-    models = []
-    for compiled in (False, True):
-        model = make_model(aggregator=aggregator, compile_aggregator=compiled)
-        model.policy.load_state_dict(trained.policy.state_dict())
-        models.append(model)
-    eager, compiled = (updated_parameters(m, batch) for m in models)
-    for a, b in zip(eager, compiled, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_update(
+        trained,
+        {"aggregator": aggregator},
+        {"aggregator": aggregator, "compile_aggregator": True},
+    )

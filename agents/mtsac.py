@@ -34,13 +34,15 @@ from torch.func import functional_call
 import mtrl
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.policies import MTSACPolicy
-from mtrl.aggregators import aggregate, make_aggregator
+from mtrl.aggregators import make_aggregator
 from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 from mtrl.conflict import LayerConflicts, conflict_stats
 from mtrl.jacobian import (
+    combine,
     per_task_gradients,
     per_task_gradients_grouped,
     per_task_gradients_loop,
+    task_gram,
 )
 from mtrl.optim import AdaTask
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
@@ -397,24 +399,18 @@ class MTSAC(OffPolicyAlgorithm):
         finite: then nothing reaches the weights (decided on the device, see
         :meth:`_step_if_finite`)."""
         params = dict(network.named_parameters())
-        # The Jacobian stays in per-parameter blocks: their Gram matrices add up to J Jᵀ and
+        # The Jacobian stays in per-parameter pieces: their Gram matrices add up to J Jᵀ and
         # give each layer's own conflicts on the way.
-        blocks = {n: grad.flatten(start_dim=1) for n, grad in shared.items()}
-        grams = {n: block @ block.T for n, block in blocks.items()}
+        grams = {n: task_gram(grad) for n, grad in shared.items()}
         gram = sum(grams.values())
         finite = _finite(losses, gram, *own.values())
         # On a skipped update the method, its state and the diagnostics see orthogonal unit
         # gradients rather than NaNs; the update itself is zeroed and not applied.
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        update, weights, _ = aggregate(
-            self.aggregators[name],
-            list(blocks.values()),
-            losses,
-            gram=torch.where(finite, gram, eye),
-            check=False,
-        )
-        for param_name, grad in zip(shared, update, strict=True):
-            params[param_name].grad = torch.where(finite, grad, 0.0).view_as(params[param_name])
+        safe_gram = torch.where(finite, gram, eye)
+        weights = self.aggregators[name].weights(safe_gram, losses)
+        for param_name, grad in shared.items():
+            params[param_name].grad = torch.where(finite, combine(weights, grad), 0.0)
         for param_name, grad in own.items():
             params[param_name].grad = torch.where(finite, grad, 0.0)
         if isinstance(network.optimizer, AdaTask):
@@ -428,7 +424,7 @@ class MTSAC(OffPolicyAlgorithm):
             )
         self._step_if_finite(network.optimizer, name, finite)
         self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
-        self._record_conflicts(name, torch.where(finite, gram, eye), weights, finite)
+        self._record_conflicts(name, safe_gram, weights, finite)
         layer_grams = [
             torch.where(finite, sum(grams[f"net.{p}"] for p in names), eye)
             for layer, names in enumerate(network.net.layer_parameters())

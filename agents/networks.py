@@ -62,14 +62,21 @@ class EnsembleLinear(nn.Module):
 
     def per_task_gradients(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> dict:
         """Each task's gradient of a shared layer, from a grouped batch's inputs ``[E, N, in]``
-        and output gradients ``[E, N, out]``: sums of outer products over the task's rows."""
-        members, _, fan_in = inputs.shape
-        h = inputs.reshape(members, tasks, -1, fan_in).transpose(0, 1)
-        delta = output_grads.reshape(members, tasks, -1, output_grads.shape[-1]).transpose(0, 1)
-        weight = torch.matmul(h.transpose(-1, -2), delta)  # [K, E, in, out]
+        and output gradients ``[E, N, out]``: sums of outer products over the task's rows.
+
+        The gradients come back as ``[K, *param.shape]`` views of tensors stored members
+        first, which is how one batched product writes them; :func:`mtrl.jacobian.task_gram`
+        and :func:`mtrl.jacobian.combine` use them without copies.
+        """
+        members, rows, fan_in = inputs.shape
+        fan_out = output_grads.shape[-1]
+        h = inputs.reshape(members * tasks, rows // tasks, fan_in)
+        delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
+        weight = torch.bmm(h.transpose(1, 2), delta).view(members, tasks, fan_in, fan_out)
+        bias = delta.sum(dim=1).view(members, tasks, 1, fan_out)
         return {
-            "weight": weight.unsqueeze(2),
-            "bias": delta.sum(dim=2, keepdim=True).unsqueeze(2),
+            "weight": weight.transpose(0, 1).unsqueeze(2),
+            "bias": bias.transpose(0, 1).unsqueeze(2),
         }
 
 

@@ -125,3 +125,30 @@ def per_task_gradients_loop(
     if isinstance(aux, Tensor):
         return stacked, aux.detach()
     return stacked, type(aux)(part.detach() for part in aux)
+
+
+def _members_first(gradient: Tensor) -> Tensor | None:
+    """A ``[A, K, n]`` view of a ``[K, A, ...]`` gradient stored with A outermost (as the grouped
+    pass stores ensemble members' gradients), or ``None`` if it is not stored that way."""
+    if gradient.dim() > 2 and gradient.movedim(0, 1).is_contiguous():
+        moved = gradient.movedim(0, 1)
+        return moved.reshape(moved.shape[0], moved.shape[1], -1)
+    return None
+
+
+def task_gram(gradient: Tensor) -> Tensor:
+    """``J_p J_pᵀ`` for one parameter's per-task gradients ``[K, *shape]``, without copying them."""
+    members = _members_first(gradient)
+    if members is not None:
+        return torch.bmm(members, members.transpose(1, 2)).sum(dim=0)
+    flat = gradient.flatten(start_dim=1)
+    return flat @ flat.T
+
+
+def combine(weights: Tensor, gradient: Tensor) -> Tensor:
+    """``Σ_k w_k g_k`` for one parameter's per-task gradients ``[K, *shape]``: its part of
+    ``Jᵀw``, shaped like the parameter."""
+    members = _members_first(gradient)
+    if members is not None:
+        return torch.matmul(weights, members).view(gradient.shape[1:])
+    return (weights @ gradient.flatten(start_dim=1)).view(gradient.shape[1:])

@@ -11,6 +11,7 @@ same warm-up. Measurement rounds alternate between the two. Prints env steps per
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -47,9 +48,12 @@ def main() -> None:
         device=args.device,
     )
     envs = [MetaWorldVecEnv(make_vector_env(BenchmarkSpec("mt10"), seed=0)) for _ in range(2)]
+    # each model gets its own copy: SB3 writes into policy_kwargs
     models = {
-        "SB3 SAC": SAC("MlpPolicy", envs[0], **common),
-        f"MTSAC + {args.method}": MTSAC("MlpPolicy", envs[1], aggregator=args.method, **common),
+        "SB3 SAC": SAC("MlpPolicy", envs[0], **copy.deepcopy(common)),
+        f"MTSAC + {args.method}": MTSAC(
+            "MlpPolicy", envs[1], aggregator=args.method, **copy.deepcopy(common)
+        ),
     }
     for model in models.values():
         model.learn(args.warmup * TASKS)

@@ -42,13 +42,16 @@ class ShapeOnly(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTIONS,), np.float32)
 
 
-def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000) -> MTSAC:
+def make_model(
+    tasks, method, mode, *, device, net, batch_per_task, compile_aggregator=False, rows=2000
+) -> MTSAC:
     env = DummyVecEnv([lambda: ShapeOnly(tasks)] * tasks)
     model = MTSAC(
         "MlpPolicy",
         env,
         aggregator=method,
         per_task_gradients=mode,
+        compile_aggregator=compile_aggregator,
         batch_size=batch_per_task * tasks,
         buffer_size=rows * tasks,
         policy_kwargs={"net_arch": net},
@@ -102,6 +105,9 @@ def main() -> None:
     parser.add_argument("--batch-per-task", type=int, default=128)
     parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the methods' K×K computation"
+    )
     args = parser.parse_args()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     methods = args.methods or [m for m in available() if not make_aggregator(m).loss_based]
@@ -110,11 +116,17 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"net {args.net}, {args.batch_per_task} transitions per task"
+        + (", methods compiled" if args.compile else "")
     )
     for device in devices:
         for tasks in args.tasks:
             build = functools.partial(
-                make_model, tasks, device=device, net=args.net, batch_per_task=args.batch_per_task
+                make_model,
+                tasks,
+                device=device,
+                net=args.net,
+                batch_per_task=args.batch_per_task,
+                compile_aggregator=args.compile,
             )
             models = {("mean", "none"): build("mean", "none")}
             for method in methods:

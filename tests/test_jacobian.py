@@ -5,9 +5,11 @@ from torch.func import functional_call
 
 from mtrl.agents.networks import Critic
 from mtrl.jacobian import (
+    combine,
     per_task_gradients,
     per_task_gradients_grouped,
     per_task_gradients_loop,
+    task_gram,
 )
 
 
@@ -80,3 +82,16 @@ def test_grouped_pass_vmap_and_loop_agree(task_layers):
             torch.testing.assert_close(own[name], looped[name].mean(0), rtol=1e-5, atol=1e-6)
         else:
             torch.testing.assert_close(shared[name], looped[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gram_and_combination_read_member_major_gradients_without_copies():
+    torch.manual_seed(0)
+    stored = torch.randn(2, 5, 3, 4)  # [members, K, ...]: how the grouped pass writes them
+    gradient = stored.transpose(0, 1)  # the [K, members, ...] view every caller sees
+    flat = gradient.reshape(5, -1)
+    weights = torch.randn(5)
+    torch.testing.assert_close(task_gram(gradient), flat @ flat.T)
+    torch.testing.assert_close(combine(weights, gradient), (weights @ flat).view(2, 3, 4))
+    contiguous = gradient.contiguous()  # the vmap and loop paths give ordinary tensors
+    torch.testing.assert_close(task_gram(contiguous), flat @ flat.T)
+    torch.testing.assert_close(combine(weights, contiguous), (weights @ flat).view(2, 3, 4))

@@ -8,7 +8,6 @@ solve tiny (K×K) whatever the number of parameters, and leaves ``J`` to be comp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -112,39 +111,24 @@ def check_finite(gram: Tensor) -> None:
 
 
 class Aggregation(NamedTuple):
-    """The combined gradient ``Jᵀ w``, the task weights ``w``, and the Gram matrix ``J Jᵀ``.
+    """The combined gradient ``Jᵀ w``, the task weights ``w``, and the Gram matrix ``J Jᵀ``."""
 
-    When the Jacobian was given in column blocks, ``update`` is a list with one block each.
-    """
-
-    update: Tensor | list[Tensor]
+    update: Tensor
     weights: Tensor
     gram: Tensor
 
 
 def aggregate(
-    aggregator: Aggregator,
-    jacobian: Tensor | Sequence[Tensor],
-    losses: Tensor | None = None,
-    gram: Tensor | None = None,
-    check: bool = True,
+    aggregator: Aggregator, jacobian: Tensor, losses: Tensor | None = None
 ) -> Aggregation:
     """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
 
-    ``jacobian`` may also be a list of column blocks ``[K, P_i]`` (one per parameter, say), so
-    that the gradients are never copied into one matrix; ``gram`` may be given if the caller
-    already has it. Raises :class:`NonFiniteGradientError` on NaN or infinite gradients, unless
-    ``check=False`` (the caller then handles them without the host sync the check costs). The
-    Gram matrix comes back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
+    Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The Gram matrix comes
+    back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
     """
-    blocks = [jacobian] if isinstance(jacobian, Tensor) else list(jacobian)
-    if not blocks or any(block.ndim != 2 for block in blocks):
-        shapes = [tuple(block.shape) for block in blocks]
-        raise ValueError(f"expected a Jacobian of shape [K, P] (or blocks of it), got {shapes}")
-    if gram is None:
-        gram = sum(block @ block.T for block in blocks)
-    if check:
-        check_finite(gram)
+    if jacobian.ndim != 2:
+        raise ValueError(f"expected a Jacobian of shape [K, P], got {tuple(jacobian.shape)}")
+    gram = jacobian @ jacobian.T
+    check_finite(gram)
     weights = aggregator.weights(gram, losses)
-    update = [weights @ block for block in blocks]
-    return Aggregation(update[0] if isinstance(jacobian, Tensor) else update, weights, gram)
+    return Aggregation(weights @ jacobian, weights, gram)

@@ -27,6 +27,9 @@ def conflict_averse_dual(gram: Tensor, anchor: Tensor, radius: Tensor, smoothing
     linear = gram @ anchor
     floor = smoothing**2
 
+    def value(w: Tensor) -> Tensor:
+        return w @ linear + radius * (((w @ gram) * w).sum(dim=-1).clamp_min(0) + floor).sqrt()
+
     def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
         gw = gram @ w
         norm = ((w @ gw).clamp_min(0) + floor).sqrt()
@@ -34,9 +37,11 @@ def conflict_averse_dual(gram: Tensor, anchor: Tensor, radius: Tensor, smoothing
         hessian = radius * (gram / norm - torch.outer(gw, gw) / norm**3)
         return gradient, hessian
 
-    # 30 barrier steps leave a duality gap below 1e-6 on this dual (40 are needed for the
-    # harder cone of ConicGrad); CAGrad runs twice per update, so the steps count.
-    return minimize_on_simplex(gradient_and_hessian, gram.shape[0], like=gram, steps=30)
+    # A final barrier weight of 1e-10 leaves an optimality gap near 1e-8, well inside the
+    # smoothing; it saves ten of the default steps, and CAGrad solves twice per update.
+    return minimize_on_simplex(
+        value, gradient_and_hessian, gram.shape[0], like=gram, steps=40, barrier_end=1e-10
+    )
 
 
 def conflict_averse_update(

@@ -92,6 +92,10 @@ class ConicGrad(Aggregator):
         c, sine, floor = self.c, math.sqrt(1 - self.c**2), self.smoothing**2
         across_gram = gram - torch.outer(along, along)  # Gram of the parts orthogonal to u
 
+        def value(w: Tensor) -> Tensor:
+            across = ((w @ across_gram) * w).sum(dim=-1).clamp_min(0)
+            return c * (w @ along) + sine * (across + floor).sqrt()
+
         def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
             across = across_gram @ w
             norm = ((w @ across).clamp_min(0) + floor).sqrt()
@@ -99,7 +103,7 @@ class ConicGrad(Aggregator):
             hessian = sine * (across_gram / norm - torch.outer(across, across) / norm**3)
             return gradient, hessian
 
-        edge = minimize_on_simplex(gradient_and_hessian, size, like=gram)
+        edge = minimize_on_simplex(value, gradient_and_hessian, size, like=gram)
         return torch.where(inside, mgda, edge), inside
 
     def solve_dual(self, gram: Tensor) -> Tensor:

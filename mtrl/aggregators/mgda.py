@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
@@ -16,12 +17,15 @@ from mtrl.aggregators.simplex import minimize_on_simplex
 def min_norm_weights(gram: Tensor, shift: Tensor | None = None) -> Tensor:
     """``argmin_{w∈Δ} ½‖Jᵀ(w + s)‖²`` for a float64 Gram matrix ``G = J Jᵀ`` and fixed weights
     ``s`` (none: MGDA's min-norm point; ``λ/K``: SDMGrad's regularised one)."""
-    offset = gram @ shift if shift is not None else 0.0
+    offset = gram @ shift if shift is not None else torch.zeros_like(gram[0])
+
+    def value(w: Tensor) -> Tensor:
+        return 0.5 * ((w @ gram) * w).sum(dim=-1) + w @ offset
 
     def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
         return gram @ w + offset, gram
 
-    return minimize_on_simplex(gradient_and_hessian, gram.shape[0], like=gram)
+    return minimize_on_simplex(value, gradient_and_hessian, gram.shape[0], like=gram)
 
 
 @register("mgda")

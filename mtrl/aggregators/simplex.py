@@ -2,8 +2,9 @@
 
 Several methods (CAGrad, MGDA, SDMGrad, ...) need ``argmin_{w∈Δ} f(w)`` for a smooth convex ``f``
 on K ≤ a few hundred variables. A barrier path-following Newton method solves these to high
-accuracy in a fixed number of steps, each one (K+1)×(K+1) linear solve. The fixed count and the
-torch-only arithmetic keep the whole solve on the device with no host synchronisation.
+accuracy in a fixed number of steps, each one K×K linear solve and a line search over a
+fixed set of step lengths. The fixed counts and the torch-only arithmetic keep the whole solve on
+the device with no host synchronisation.
 """
 
 from __future__ import annotations
@@ -15,35 +16,49 @@ import torch
 from torch import Tensor
 
 GradientAndHessian = Callable[[Tensor], tuple[Tensor, Tensor]]
+Value = Callable[[Tensor], Tensor]
+
+# Fractions of the Newton step tried by the line search, longest first; 0 keeps the point.
+STEP_FRACTIONS = (*(2.0**-i for i in range(16)), 0.0)
 
 
 def minimize_on_simplex(
+    value: Value,
     gradient_and_hessian: GradientAndHessian,
     size: int,
     *,
     like: Tensor,
-    steps: int = 40,
+    steps: int = 50,
     barrier_start: float = 1.0,
     barrier_end: float = 1e-12,
 ) -> Tensor:
-    """``argmin_{w∈Δ} f(w)`` given ``w ↦ (∇f(w), ∇²f(w))``, on the device and dtype of ``like``.
+    """``argmin_{w∈Δ} f(w)`` given ``f`` on a batch of points ``[..., K] -> [...]`` and
+    ``w ↦ (∇f(w), ∇²f(w))``, on the device and dtype of ``like``.
 
-    Each step takes one Newton step on ``f(w) − μ Σ log w_i`` subject to ``Σ w_i = 1`` and then
-    shrinks ``μ`` geometrically from ``barrier_start`` to ``barrier_end``; the final point is
-    within about ``K · barrier_end`` of the optimum for well-scaled ``f``. Steps are cut to stay
-    strictly inside the simplex.
+    Each step takes one damped Newton step on ``f(w) − μ Σ log w_i`` subject to ``Σ w_i = 1``
+    and then shrinks ``μ`` geometrically from ``barrier_start`` to ``barrier_end``; the final
+    point is within about ``K · barrier_end`` of the optimum for well-scaled ``f``. The step
+    length is the best of :data:`STEP_FRACTIONS` of the Newton step (cut to stay strictly inside
+    the simplex): a full step overshoots where the curvature of ``f`` changes fast, as it does
+    for ``‖g_w‖`` near zero when the gradients are linearly dependent.
     """
     w = torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)
-    kkt = torch.zeros(size + 1, size + 1, dtype=like.dtype, device=like.device)
-    kkt[:size, size] = 1.0
-    kkt[size, :size] = 1.0
-    rhs = torch.zeros(size + 1, dtype=like.dtype, device=like.device)
+    ones = torch.ones_like(w)
     inf = torch.full((), torch.inf, dtype=like.dtype, device=like.device)  # no host copy
+    fractions = torch.tensor(STEP_FRACTIONS, dtype=like.dtype, device=like.device).unsqueeze(1)
     for barrier in np.geomspace(barrier_start, barrier_end, steps).tolist():
         gradient, hessian = gradient_and_hessian(w)
-        kkt[:size, :size] = hessian + torch.diag(barrier / w.square())
-        rhs[:size] = barrier / w - gradient
-        direction = torch.linalg.solve_ex(kkt, rhs).result[:size]
+        inverse = w.reciprocal()
+        system = hessian + torch.diag(barrier * inverse.square())
+        # The Newton step on {Σ w = 1} is M⁻¹(r − ν1) with ν such that it sums to zero: one
+        # solve with two right-hand sides instead of the (K+1)×(K+1) KKT system.
+        rhs = torch.stack((barrier * inverse - gradient, ones), dim=1)
+        step, drift = torch.linalg.solve_ex(system, rhs).result.unbind(dim=1)
+        direction = step - drift * (step.sum() / drift.sum())
+        direction = direction - direction.mean()  # rounding must not leave the simplex's plane
         room = torch.where(direction < 0, -w / direction, inf).min()
-        w = w + (0.99 * room).clamp(max=1.0) * direction
+        points = w + fractions * (0.99 * room).clamp(max=1.0) * direction
+        merit = value(points) - barrier * points.log().sum(dim=-1)
+        best = torch.nan_to_num(merit, nan=torch.inf).argmin()
+        w = points.index_select(0, best.view(1))[0]  # no host sync, unlike points[best]
     return w

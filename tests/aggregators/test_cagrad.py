@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import minimize
 
 from mtrl.aggregators import CAGrad, aggregate, make_aggregator, normalized_gram
 from tests.aggregators.helpers import simplex_grid
@@ -47,6 +49,39 @@ def test_dual_is_no_worse_than_brute_force(jacobian, c):
     grid = simplex_grid(len(jacobian), 2000 if len(jacobian) == 2 else 200)
     brute = method.dual_objective(gram, grid).min()
     assert solved <= brute + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("tasks", "params"), [(10, 3), (10, 5), (50, 5)])
+def test_dual_with_linearly_dependent_gradients_matches_a_general_solver(tasks, params, seed):
+    """K > P puts 0 in (or near) the convex hull, where ‖g_w‖ has no curvature bound: the solve
+    must still reach SLSQP's optimum from the best of several starts."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-3, 3, tasks, dtype=torch.float64) ** (seed % 2)
+    jacobian = torch.randn(tasks, params, generator=generator, dtype=torch.float64)
+    jacobian = jacobian * scales[:, None]
+    method = CAGrad()
+    gram = normalized_gram(jacobian @ jacobian.T)
+    w = method.solve_dual(gram)
+    assert w.min() >= 0 and abs(w.sum().item() - 1) < 1e-12
+    solved = method.dual_objective(gram, w).item()
+
+    def objective(w: np.ndarray) -> float:
+        return method.dual_objective(gram, torch.from_numpy(w)).item()
+
+    starts = [np.full(tasks, 1 / tasks), *np.eye(tasks)[[0, tasks // 2, -1]]]
+    reference = min(
+        minimize(
+            objective,
+            start,
+            method="SLSQP",
+            bounds=[(0, 1)] * tasks,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            options={"ftol": 1e-15, "maxiter": 2000},
+        ).fun
+        for start in starts
+    )
+    assert solved <= reference + 1e-7
 
 
 def test_orthogonal_unit_tasks_by_hand():

@@ -24,9 +24,13 @@ def test_each_projection_is_orthogonal_to_every_other_task(jacobian):
     cosines = (rows @ jacobian.T) / torch.outer(rows.norm(dim=1), jacobian.norm(dim=1))
     off_diagonal = cosines[~torch.eye(len(jacobian), dtype=torch.bool)]
     assert off_diagonal.abs().max() < TOL
-    # and g'_i · g_i = ‖g'_i‖² ≥ 0
+    # and g'_i · g_i = ‖g'_i‖² ≥ 0, exactly so for the pseudo-inverse; the ridge ε moves it by
+    # about ε / λ_min of the cosine matrix, which nearly dependent gradients make small
     own = (rows * jacobian).sum(dim=1)
-    assert ((own - rows.square().sum(dim=1)).abs() / jacobian.square().sum(dim=1)).max() < TOL
+    unit = jacobian / jacobian.norm(dim=1, keepdim=True)
+    ridge_error = GradOPS().ridge / torch.linalg.eigvalsh(unit @ unit.T).min()
+    error = (own - rows.square().sum(dim=1)).abs() / jacobian.square().sum(dim=1)
+    assert error.max() < TOL + ridge_error
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,6 +7,7 @@ so that a resumed run keeps the schedule of the run it continues.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ class ProgressBarCallback(BaseCallback):
             unit_scale=True,
             dynamic_ncols=True,
             desc="env steps",
+            # a log file (a cluster job's stderr) gets a line a minute, not ten a second
+            mininterval=0.1 if sys.stderr.isatty() else 60,
         )
 
     def _on_step(self) -> bool:

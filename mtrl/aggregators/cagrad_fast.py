@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mtrl.aggregators.base import normalized_gram, register
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual, conflict_averse_update
-from mtrl.aggregators.tools import Seeded, upload
+from mtrl.aggregators.tools import Seeded, check_count, upload
 
 
 @register("cagrad-fast")
@@ -46,8 +46,7 @@ class FastCAGrad(Seeded, CAGrad):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            raise ValueError(f"{self.name}: groups must be an integer >= 1, got {self.groups!r}")
+        check_count(self.name, "groups", self.groups)
         self._start_generator()
 
     def grouping(self, size: int) -> Tensor:

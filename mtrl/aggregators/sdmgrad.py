@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
 from mtrl.aggregators.mgda import min_norm_weights
-from mtrl.aggregators.tools import Seeded, uniform, upload
+from mtrl.aggregators.tools import Seeded, check_count, uniform, upload
 
 
 def sdmgrad_weights(gram: Tensor, lmbda: float) -> Tensor:
@@ -81,9 +81,7 @@ class SDMGradOS(Seeded, Aggregator):
 
     def __post_init__(self) -> None:
         _check_lmbda(self.name, self.lmbda)
-        count = self.num_samples
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{self.name}: num_samples must be an integer >= 1, got {count!r}")
+        check_count(self.name, "num_samples", self.num_samples)
         self._start_generator()
 
     def sample(self, size: int) -> Tensor:

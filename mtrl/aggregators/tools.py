@@ -1,4 +1,5 @@
-"""Small helpers shared by several aggregators: seeding, the mean's weights, safe division."""
+"""Small helpers shared by several aggregators: seeding, checks, the mean's weights, safe
+division."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ class Seeded:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._generator.set_state(state["generator"])
+
+
+def check_count(method: str, field: str, value: Any) -> None:
+    """Refuse a hyperparameter that must be an integer ``>= 1`` (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{method}: {field} must be an integer >= 1, got {value!r}")
 
 
 def visiting_orders(generator: torch.Generator, size: int) -> Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mtrl.agents.mtsac import MTSAC
 from mtrl.checkpoint import CheckpointError, load_state
-from mtrl.cli.settings import ConfigError, resolve_device
+from mtrl.cli.settings import ConfigError, integer, resolve_device
 from mtrl.envs.benchmarks import BenchmarkSpec
 from mtrl.envs.evaluation import EvalResult, evaluate
 from mtrl.envs.video import gif_summary, record_videos
@@ -49,8 +49,7 @@ def format_table(result: EvalResult) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the report that is also written to JSON."""
-    if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
-        raise ConfigError(f"episodes must be an integer >= 1, got {cfg.episodes!r}")
+    integer("episodes", cfg.episodes, 1)
     device = resolve_device(str(cfg.device))
     checkpoint, run_dir = find_checkpoint(Path(cfg.checkpoint))
     state = load_state(checkpoint)

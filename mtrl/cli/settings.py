@@ -22,7 +22,8 @@ class ConfigError(ValueError):
     """A config value that cannot be run, with what is valid instead."""
 
 
-def _integer(key: str, value: Any, minimum: int) -> int:
+def integer(key: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``, else a ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -97,16 +98,16 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
             f"agent.net_arch must be a non-empty list of layer sizes, got {net_arch!r}"
         )
     for size in net_arch:
-        _integer("agent.net_arch entries", size, 1)
+        integer("agent.net_arch entries", size, 1)
     depth = len(net_arch) + 1  # hidden layers and the output layer
     low, high = agent["log_std_bounds"]
     if not low < high:
         raise ConfigError(
             f"agent.log_std_bounds must be [low, high] with low < high, got {[low, high]}"
         )
-    per_task = _integer("agent.batch_size_per_task", agent["batch_size_per_task"], 1)
-    buffer_size = _integer("agent.buffer_size", agent["buffer_size"], num_tasks)
-    warmup = _integer("agent.warmup_steps", agent["warmup_steps"], 0)
+    per_task = integer("agent.batch_size_per_task", agent["batch_size_per_task"], 1)
+    buffer_size = integer("agent.buffer_size", agent["buffer_size"], num_tasks)
+    warmup = integer("agent.warmup_steps", agent["warmup_steps"], 0)
     return {
         "learning_rate": _number(
             "agent.learning_rate", agent["learning_rate"], 0, 1, open_low=True
@@ -116,7 +117,7 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
         "batch_size": per_task * num_tasks,
         "buffer_size": buffer_size,
         "learning_starts": warmup * num_tasks,
-        "gradient_steps": _integer("agent.gradient_steps", agent["gradient_steps"], 1),
+        "gradient_steps": integer("agent.gradient_steps", agent["gradient_steps"], 1),
         "initial_alpha": _number(
             "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
         ),
@@ -134,7 +135,7 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
             "critic_task_layers": _layers(
                 "agent.critic_task_layers", agent["critic_task_layers"], depth
             ),
-            "n_critics": _integer("agent.n_critics", agent["n_critics"], 1),
+            "n_critics": integer("agent.n_critics", agent["n_critics"], 1),
             "log_std_bounds": [float(low), float(high)],
         },
     }
@@ -163,12 +164,12 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         method=name,
         method_kwargs=method,
         agent_kwargs=agent,
-        seed=_integer("seed", container["seed"], 0),
+        seed=integer("seed", container["seed"], 0),
         device=resolve_device(str(container["device"])),
-        total_steps=_integer("total_steps", container["total_steps"], 1),
-        eval_every=_integer("eval.every", evaluation["every"], 1),
-        eval_episodes=_integer("eval.episodes", evaluation["episodes"], 1),
-        checkpoint_every=_integer("checkpoint.every", checkpoint["every"], 1),
-        checkpoint_keep=_integer("checkpoint.keep", checkpoint["keep"], 1),
+        total_steps=integer("total_steps", container["total_steps"], 1),
+        eval_every=integer("eval.every", evaluation["every"], 1),
+        eval_episodes=integer("eval.episodes", evaluation["episodes"], 1),
+        checkpoint_every=integer("checkpoint.every", checkpoint["every"], 1),
+        checkpoint_keep=integer("checkpoint.keep", checkpoint["keep"], 1),
         checkpoint_replay_buffer=bool(checkpoint["replay_buffer"]),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import torch
@@ -18,3 +19,13 @@ def simplex_grid(size: int, steps: int) -> torch.Tensor:
 def grid_for(size: int) -> torch.Tensor:
     """A simplex grid fine enough for brute-force checks with K ≤ 3 (spacing 1/2000, 1/200)."""
     return simplex_grid(size, 2000 if size == 2 else 200)
+
+
+def restore_through_a_checkpoint(method, fresh):
+    """``fresh`` with ``method``'s state, saved and read back the way checkpoints are
+    (``torch.load(weights_only=True)``); returns ``fresh``."""
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh

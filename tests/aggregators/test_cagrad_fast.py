@@ -1,11 +1,10 @@
-import io
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtrl.aggregators import CAGrad, FastCAGrad, aggregate, make_aggregator
+from tests.aggregators.helpers import restore_through_a_checkpoint
 from tests.strategies import jacobians
 
 
@@ -54,12 +53,8 @@ def test_reproducible_from_its_seed_and_state():
     first, second = FastCAGrad(seed=5), FastCAGrad(seed=5)
     for _ in range(3):
         assert torch.equal(aggregate(first, jacobian).update, aggregate(second, jacobian).update)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
+    restored = restore_through_a_checkpoint(first, FastCAGrad(seed=1))
     upcoming = [first.grouping(10) for _ in range(3)]
-    restored = FastCAGrad(seed=1)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
     assert all(torch.equal(restored.grouping(10), u) for u in upcoming)
     first.reset()
     assert torch.equal(first.grouping(10), FastCAGrad(seed=5).grouping(10))

@@ -1,4 +1,3 @@
-import io
 import math
 
 import pytest
@@ -7,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtrl.aggregators import GradVac, aggregate, make_aggregator
+from tests.aggregators.helpers import restore_through_a_checkpoint
 from tests.strategies import jacobians
 
 
@@ -95,11 +95,7 @@ def test_state_survives_a_checkpoint_and_reset_clears_it():
     first = GradVac(beta=0.5, seed=3)
     for _ in range(3):
         aggregate(first, jacobian)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
-    restored = GradVac(beta=0.5, seed=99)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored = restore_through_a_checkpoint(first, GradVac(beta=0.5, seed=99))
     assert torch.equal(restored.targets, first.targets)
     torch.testing.assert_close(
         aggregate(restored, jacobian).update, aggregate(first, jacobian).update

@@ -18,6 +18,7 @@ import time
 from stable_baselines3 import SAC
 
 from mtrl.agents import MTSAC
+from mtrl.allocator import retain_freed_memory
 from mtrl.envs import BenchmarkSpec, MetaWorldVecEnv, make_vector_env
 
 TASKS = 10
@@ -36,7 +37,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="vector steps before timing")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", default="gradops")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave malloc's defaults (mtrl-train keeps freed memory, see mtrl.allocator)",
+    )
     args = parser.parse_args()
+    retained = not args.default_allocator and retain_freed_memory()
+    print("freed memory kept for reuse" if retained else "malloc defaults")
     common = dict(
         batch_size=128 * TASKS,
         buffer_size=100_000,

@@ -30,6 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mtrl.agents import MTSAC
 from mtrl.aggregators import available, make_aggregator
+from mtrl.allocator import retain_freed_memory
 
 OBS, ACTIONS = 39, 4
 
@@ -108,7 +109,13 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the methods' K×K computation"
     )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave malloc's defaults (mtrl-train keeps freed memory, see mtrl.allocator)",
+    )
     args = parser.parse_args()
+    retained = not args.default_allocator and retain_freed_memory()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     methods = args.methods or [m for m in available() if not make_aggregator(m).loss_based]
     if args.threads:
@@ -117,6 +124,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"net {args.net}, {args.batch_per_task} transitions per task"
         + (", methods compiled" if args.compile else "")
+        + (", freed memory kept for reuse" if retained else ", malloc defaults")
     )
     for device in devices:
         for tasks in args.tasks:

@@ -30,6 +30,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 
 from mtrl.agents.mtsac import MTSAC
+from mtrl.allocator import retain_freed_memory
 from mtrl.callbacks import (
     CheckpointCallback,
     EvaluationCallback,
@@ -246,6 +247,7 @@ def main(cfg: DictConfig) -> None:
             if cfg is None:
                 return
         set_threads(cfg, hydra_config)
+        retain_freed_memory()
         run(cfg, run_dir)
     except (ConfigError, CheckpointError) as error:
         print(f"mtrl-train: {error}", file=sys.stderr)

@@ -14,6 +14,29 @@ from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
 
+# Ridges tried, in units of the configured one, smallest first (see ridge_inverse).
+RIDGE_STEPS = (1.0, 1e2, 1e4, 1e6)
+
+
+def ridge_inverse(cosines: Tensor, ridge: float) -> Tensor:
+    """``(C + εI)⁻¹`` for the float64 cosine matrix ``C``, with the smallest ``ε`` of
+    ``ridge`` × :data:`RIDGE_STEPS` for which ``C + εI`` has a Cholesky factor.
+
+    ``C`` is positive semi-definite in exact arithmetic, but a Gram matrix summed in float32
+    can have eigenvalues slightly below zero when the gradients are (nearly) linearly dependent;
+    a larger ridge then restores definiteness. All the factorisations run as one batch and the
+    choice is made on the device: unlike an eigendecomposition, whose error check makes a CUDA
+    device wait for the host, nothing here waits.
+    """
+    size = cosines.shape[0]
+    eye = torch.eye(size, dtype=cosines.dtype, device=cosines.device)
+    ridges = torch.tensor(RIDGE_STEPS, dtype=cosines.dtype, device=cosines.device) * ridge
+    factors, info = torch.linalg.cholesky_ex(cosines + ridges[:, None, None] * eye)
+    first = (info == 0).to(torch.int32).argmax()  # argmax gives the first of equal maxima
+    factor = factors.index_select(0, first.view(1))[0]
+    factor_inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
+    return factor_inverse.T @ factor_inverse
+
 
 @register("gradops")
 @dataclasses.dataclass
@@ -32,7 +55,8 @@ class GradOPS(Aggregator):
         alpha: trade-off exponent. ``w_i = K R_i^α / Σ_j R_j^α`` with
             ``R_i = cos(g_i, Σ_j g'_j)``; 0 is plain GradOPS (``w_i = 1``), α < 0 favours the tasks
             that the plain update helps least (the paper reports α = −3).
-        ridge: ``ε`` added to the Gram matrix of the unit-normalised gradients.
+        ridge: ``ε`` added to the Gram matrix of the unit-normalised gradients (raised 100-fold
+            at a time while rounding leaves that matrix indefinite, see :func:`ridge_inverse`).
         eps: floor on ``R_i`` so that ``R_i^α`` stays finite for α < 0.
     """
 
@@ -56,10 +80,7 @@ class GradOPS(Aggregator):
         # the ridge then means the same for every task, however different their norms.
         inverse_norms = torch.where(norms > 0, 1 / norms, 0.0)
         cosines = gram * torch.outer(inverse_norms, inverse_norms)
-        # eigh rather than Cholesky: a Gram matrix computed in float32 can be slightly
-        # indefinite, and clamping its spectrum at zero keeps the inverse well defined.
-        eigvals, eigvecs = torch.linalg.eigh(cosines)
-        inverse = (eigvecs / (eigvals.clamp_min(0) + self.ridge)) @ eigvecs.T
+        inverse = ridge_inverse(cosines, self.ridge)
         unit_coefficients = inverse / inverse.diagonal()
         return inverse_norms[:, None] * unit_coefficients * norms
 

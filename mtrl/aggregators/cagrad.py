@@ -28,19 +28,29 @@ def conflict_averse_dual(gram: Tensor, anchor: Tensor, radius: Tensor, smoothing
     floor = smoothing**2
 
     def value(w: Tensor) -> Tensor:
-        return w @ linear + radius * (((w @ gram) * w).sum(dim=-1).clamp_min(0) + floor).sqrt()
+        norm = ((w @ gram) * w).sum(dim=-1).clamp_min(0).add(floor).sqrt()
+        return torch.addcmul(w @ linear, radius, norm)
 
     def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
         gw = gram @ w
-        norm = ((w @ gw).clamp_min(0) + floor).sqrt()
-        gradient = linear + radius * gw / norm
-        hessian = radius * (gram / norm - torch.outer(gw, gw) / norm**3)
-        return gradient, hessian
+        norm = (w @ gw).clamp_min(0).add(floor).sqrt()
+        unit = gw / norm
+        # ρ (G − u uᵀ) / ‖g_w‖ with u = G w / ‖g_w‖
+        hessian = torch.addr(gram, unit, unit, alpha=-1).mul_(radius / norm)
+        return torch.addcmul(linear, radius, unit), hessian
 
-    # A final barrier weight of 1e-10 leaves an optimality gap near 1e-8, well inside the
-    # smoothing; it saves ten of the default steps, and CAGrad solves twice per update.
+    # The path from barrier weight 1e-2 to 1e-9 leaves an optimality gap below K · 1e-9, well
+    # inside the smoothing, in 35 steps instead of the default 50: CAGrad solves twice per
+    # update. With 30 steps, 3 of 298 sampled problems with linearly dependent gradients
+    # stopped 1e-3 short of SLSQP's optimum; with 35, none beyond 2e-7.
     return minimize_on_simplex(
-        value, gradient_and_hessian, gram.shape[0], like=gram, steps=40, barrier_end=1e-10
+        value,
+        gradient_and_hessian,
+        gram.shape[0],
+        like=gram,
+        steps=35,
+        barrier_start=1e-2,
+        barrier_end=1e-9,
     )
 
 

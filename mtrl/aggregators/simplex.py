@@ -42,23 +42,36 @@ def minimize_on_simplex(
     the simplex): a full step overshoots where the curvature of ``f`` changes fast, as it does
     for ``‖g_w‖`` near zero when the gradients are linearly dependent.
     """
+    # Every operation here is on a K-vector or a K×K matrix, so its cost is the dispatch of the
+    # operation itself: inference mode skips autograd's share of it (a fifth on the CPU).
+    with torch.inference_mode():
+        w = _barrier_path(
+            value, gradient_and_hessian, size, like, steps, barrier_start, barrier_end
+        )
+    return w.clone()  # an ordinary tensor again, usable anywhere
+
+
+def _barrier_path(value, gradient_and_hessian, size, like, steps, barrier_start, barrier_end):
     w = torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)
     ones = torch.ones_like(w)
-    inf = torch.full((), torch.inf, dtype=like.dtype, device=like.device)  # no host copy
-    fractions = torch.tensor(STEP_FRACTIONS, dtype=like.dtype, device=like.device).unsqueeze(1)
+    # 0.99 of the way to the simplex's boundary at most, as a fraction of the Newton step
+    fractions = 0.99 * torch.tensor(STEP_FRACTIONS, dtype=like.dtype, device=like.device)
+    fractions = fractions.unsqueeze(1)
+    tiny = torch.finfo(like.dtype).tiny
     for barrier in np.geomspace(barrier_start, barrier_end, steps).tolist():
         gradient, hessian = gradient_and_hessian(w)
         inverse = w.reciprocal()
-        system = hessian + torch.diag(barrier * inverse.square())
+        system = hessian + torch.diag(inverse.square().mul_(barrier))
         # The Newton step on {Σ w = 1} is M⁻¹(r − ν1) with ν such that it sums to zero: one
         # solve with two right-hand sides instead of the (K+1)×(K+1) KKT system.
-        rhs = torch.stack((barrier * inverse - gradient, ones), dim=1)
+        rhs = torch.stack((torch.sub(inverse.mul_(barrier), gradient), ones), dim=1)
         step, drift = torch.linalg.solve_ex(system, rhs).result.unbind(dim=1)
         direction = step - drift * (step.sum() / drift.sum())
-        direction = direction - direction.mean()  # rounding must not leave the simplex's plane
-        room = torch.where(direction < 0, -w / direction, inf).min()
-        points = w + fractions * (0.99 * room).clamp(max=1.0) * direction
-        merit = value(points) - barrier * points.log().sum(dim=-1)
-        best = torch.nan_to_num(merit, nan=torch.inf).argmin()
+        direction -= direction.mean()  # rounding must not leave the simplex's plane
+        # the largest step that keeps every w_i > 0 (1e308 where w_i does not decrease)
+        room = (w / direction.neg().clamp_min(tiny)).min().clamp(max=1 / 0.99)
+        points = torch.addcmul(w, fractions * room, direction)
+        merit = torch.sub(value(points), points.log().sum(dim=-1), alpha=barrier)
+        best = merit.nan_to_num(nan=torch.inf).argmin()
         w = points.index_select(0, best.view(1))[0]  # no host sync, unlike points[best]
     return w

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtrl.aggregators import GradOPS, aggregate, make_aggregator
+from mtrl.aggregators.gradops import RIDGE_STEPS, ridge_inverse
 from tests.strategies import build_jacobian, cosines_with, jacobians
 
 TOL = 1e-5
@@ -89,6 +90,27 @@ def test_a_task_inside_the_others_span_gets_no_projection():
     torch.testing.assert_close(
         update, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), atol=1e-3, rtol=0
     )
+
+
+def test_ridge_inverse_is_the_ridge_regression_inverse_when_it_factorises():
+    jacobian = build_jacobian(6, 50, seed=1, structure="shared_conflict")
+    norms = jacobian.norm(dim=1)
+    cosines = (jacobian @ jacobian.T) / torch.outer(norms, norms)
+    expected = torch.linalg.inv(cosines + 1e-7 * torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(ridge_inverse(cosines, 1e-7), expected)
+
+
+def test_ridge_inverse_raises_the_ridge_past_an_indefinite_rounding():
+    # a cosine matrix with one eigenvalue at -1e-6, as float32 rounding can leave: the ridge
+    # 1e-7 does not make it definite, the next step (1e-5) does
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=generator))
+    eigenvalues = torch.tensor([-1e-6, 0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+    cosines = basis @ torch.diag(eigenvalues) @ basis.T
+    eye = torch.eye(5, dtype=torch.float64)
+    assert torch.linalg.cholesky_ex(cosines + 1e-7 * eye).info > 0
+    inverse = ridge_inverse(cosines, 1e-7)
+    torch.testing.assert_close(inverse, torch.linalg.inv(cosines + RIDGE_STEPS[1] * 1e-7 * eye))
 
 
 def test_float32_agrees_with_float64():

@@ -32,7 +32,6 @@ from torch import Tensor
 from torch.func import functional_call
 
 import mtrl
-from mtrl.agents.env_overlap import StepWhileTraining
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.policies import MTSACPolicy
 from mtrl.aggregators import make_aggregator
@@ -139,10 +138,6 @@ class MTSAC(OffPolicyAlgorithm):
         compile_aggregator: ``torch.compile`` the method's K×K computation, a long chain of
             tiny kernels for the solver-based methods (CAGrad, MGDA, Nash-MTL, ...): fused on
             the CPU, captured as a CUDA graph on a GPU.
-        overlap_env_steps: run each round's gradient steps while the next vector step of the
-            environments runs on a worker thread (:mod:`mtrl.agents.env_overlap`). The updates
-            see the same data; the policy that acts has one update fewer. ``False`` alternates
-            strictly, as SB3 does.
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -169,7 +164,6 @@ class MTSAC(OffPolicyAlgorithm):
         per_task_gradients: str = "grouped",
         recon_threshold: float = 0.0,
         compile_aggregator: bool = False,
-        overlap_env_steps: bool = True,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -193,9 +187,6 @@ class MTSAC(OffPolicyAlgorithm):
         self.per_task_gradients = per_task_gradients
         self.recon_threshold = recon_threshold
         self.compile_aggregator = compile_aggregator
-        self.overlap_env_steps = overlap_env_steps
-        # Gradient steps waiting for the next env step to run alongside (overlap_env_steps).
-        self._pending_train: tuple[int, int] | None = None
         if initial_alpha <= 0:
             raise ValueError(f"initial_alpha must be positive, got {initial_alpha}")
         super().__init__(
@@ -299,28 +290,7 @@ class MTSAC(OffPolicyAlgorithm):
 
     # -- the update ---------------------------------------------------------------------------
 
-    def collect_rollouts(self, env: Any, *args: Any, **kwargs: Any) -> Any:
-        """SB3's collection; with ``overlap_env_steps``, pending gradient steps run during the
-        environments' steps."""
-        if self.overlap_env_steps:
-            env = StepWhileTraining(env, self._train_pending_steps)
-        return super().collect_rollouts(env, *args, **kwargs)
-
     def train(self, gradient_steps: int, batch_size: int) -> None:
-        """SB3's training round; with ``overlap_env_steps`` it runs during the next env step,
-        unless this is the last round of ``learn``."""
-        if self.overlap_env_steps and self.num_timesteps < self._total_timesteps:
-            self._pending_train = (gradient_steps, batch_size)
-            return
-        self._train_now(gradient_steps, batch_size)
-
-    def _train_pending_steps(self) -> None:
-        if self._pending_train is not None:
-            pending, self._pending_train = self._pending_train, None
-            self._train_now(*pending)
-            self.policy.set_training_mode(False)  # back to acting, as during collection
-
-    def _train_now(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(
             [self.actor.optimizer, self.critic.optimizer, self.alpha_optimizer]
@@ -507,8 +477,7 @@ class MTSAC(OffPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> MTSAC:
         """SB3's ``learn``; logs are written once per round of episodes by default."""
-        self._pending_train = None
-        super().learn(
+        return super().learn(
             total_timesteps,
             callback=callback,
             log_interval=log_interval or self.n_envs,
@@ -516,8 +485,6 @@ class MTSAC(OffPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
-        self._train_pending_steps()  # none is left by SB3's loop today; never drop one
-        return self
 
     def dump_logs(self) -> None:
         for key, value in self.stats.pop().items():
@@ -557,7 +524,6 @@ class MTSAC(OffPolicyAlgorithm):
             "per_task_gradients": self.per_task_gradients,
             "recon_threshold": float(self.recon_threshold),
             "compile_aggregator": bool(self.compile_aggregator),
-            "overlap_env_steps": bool(self.overlap_env_steps),
             "policy_kwargs": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in policy_kwargs.items()
             },
@@ -625,7 +591,6 @@ class MTSAC(OffPolicyAlgorithm):
             raise CheckpointError(f"{source} is not an MTSAC checkpoint")
         hyperparameters = dict(state["hyperparameters"])
         hyperparameters["policy_kwargs"] = dict(hyperparameters["policy_kwargs"])
-        hyperparameters.setdefault("overlap_env_steps", False)  # older files trained without it
         model = cls("MlpPolicy", env, device=device, _init_setup_model=False, **hyperparameters)
         if env is None:
             model.observation_space = _box_from_data(state["spaces"]["observation"])

@@ -122,8 +122,6 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
             "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
         ),
         "compile_aggregator": bool(agent["compile_aggregator"]),
-        # configs written before the option existed trained without it
-        "overlap_env_steps": bool(agent.get("overlap_env_steps", False)),
         "recon_threshold": _number("agent.recon_threshold", agent["recon_threshold"], -1, 0),
         "per_task_gradients": _choice(
             "agent.per_task_gradients", agent["per_task_gradients"], GRADIENT_MODES

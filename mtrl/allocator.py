@@ -4,7 +4,8 @@ An MTSAC update on the CPU allocates and frees tens of megabytes of activations 
 (the per-task gradients alone are 44 MB on MT10). With glibc's default malloc, blocks above a
 size threshold are mapped fresh at every allocation, and freed space at the top of the heap is
 returned to the system, so every update faults its memory in again, page by page: about ten
-thousand page faults, a fifth of the update's time (``docs/benchmarks.md``). Raising both
+thousand page faults, which cost a GradOPS update on MT10 about 15% of its time when first
+measured (``docs/benchmarks.md``). Raising both
 thresholds keeps those pages mapped. This is the effect that PyTorch's CPU performance guides get
 by preloading jemalloc or tcmalloc, without a native dependency. CUDA memory is cached by torch
 itself and is not concerned.

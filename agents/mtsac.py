@@ -99,6 +99,13 @@ def _finite(*tensors: Tensor) -> Tensor:
     return torch.stack([t.sum().isfinite() for t in tensors]).all()
 
 
+def _skips_on_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` changes nothing when its ``found_inf`` flag is set: torch's
+    fused optimizers (as under GradScaler) and AdaTask. (The flag GradScaler reads,
+    ``_step_supports_amp_scaling``, does not survive a copy or a pickle; ``fused`` does.)"""
+    return isinstance(optimizer, AdaTask) or bool(optimizer.defaults.get("fused"))
+
+
 def _box_to_data(box: spaces.Box) -> dict[str, Any]:
     return {"low": box.low.tolist(), "high": box.high.tolist(), "dtype": str(box.dtype)}
 
@@ -343,7 +350,15 @@ class MTSAC(OffPolicyAlgorithm):
         is set, as they do under mixed precision, so the host never waits for the answer. The
         skip is counted and logged.
         """
-        optimizer.found_inf = (~finite).to(torch.float32)
+        if _skips_on_found_inf(optimizer):
+            optimizer.found_inf = (~finite).to(torch.float32)
+        else:
+            # Any other optimizer cannot skip (torch's unfused Adam even refuses the flag): it
+            # steps on zero gradients, so weights stay finite though its moments still move.
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        param.grad = torch.where(finite, param.grad, 0.0)
         optimizer.step()
         self.skipped_updates[name] += ~finite
 
@@ -409,29 +424,29 @@ class MTSAC(OffPolicyAlgorithm):
         grams = {n: task_gram(grad) for n, grad in shared.items()}
         gram = sum(grams.values())
         finite = _finite(losses, gram, *own.values())
-        # On a skipped update the method, its state and the diagnostics see orthogonal unit
-        # gradients rather than NaNs; the update itself is zeroed and not applied.
+        # On a skipped update the method and its state see orthogonal unit gradients rather
+        # than NaNs; the step is skipped in _step_if_finite.
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         safe_gram = torch.where(finite, gram, eye)
         weights = self.aggregators[name].weights(safe_gram, losses)
         for param_name, grad in shared.items():
-            params[param_name].grad = torch.where(finite, combine(weights, grad), 0.0)
+            params[param_name].grad = combine(weights, grad)
         for param_name, grad in own.items():
-            params[param_name].grad = torch.where(finite, grad, 0.0)
+            params[param_name].grad = grad
         if isinstance(network.optimizer, AdaTask):
             # Each task's share w_t g_t of the update gets its own Adam moments.
             network.optimizer.set_task_gradients(
                 {
-                    params[n]: torch.where(finite, weights, 0.0).view(-1, *[1] * (grad.dim() - 1))
-                    * grad
+                    params[n]: weights.view(-1, *[1] * (grad.dim() - 1)) * grad
                     for n, grad in shared.items()
                 }
             )
         self._step_if_finite(network.optimizer, name, finite)
         self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
         self._record_conflicts(name, safe_gram, weights, finite)
+        # A non-finite layer Gram counts no conflict, and the update is left out anyway.
         layer_grams = [
-            torch.where(finite, sum(grams[f"net.{p}"] for p in names), eye)
+            sum(grams[f"net.{p}"] for p in names)
             for layer, names in enumerate(network.net.layer_parameters())
             if layer not in network.net.task_layers
         ]

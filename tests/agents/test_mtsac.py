@@ -166,6 +166,32 @@ def test_non_finite_losses_skip_the_update_and_weights_stay_finite(trained):
     assert torch.isfinite(model.log_alpha).all()
 
 
+@pytest.mark.parametrize(
+    ("policy_kwargs", "skips"),
+    [({}, True), ({"optimizer": "adatask"}, True), ({"optimizer_kwargs": {"fused": False}}, False)],
+    ids=["fused-adam", "adatask", "plain-adam"],
+)
+def test_a_skipped_update_changes_nothing_where_the_optimizer_can_skip(policy_kwargs, skips):
+    """Fused Adam and AdaTask leave weights and moments as they were (the target critic still
+    follows the critic); an optimizer that cannot skip steps on zeros: its weights stay finite."""
+    model = make_model(policy_kwargs={"net_arch": [32, 32], **policy_kwargs})
+    model.learn(120)
+    batch = model.replay_buffer.sample_tasks(8)
+    nan_obs = batch._replace(observations=torch.full_like(batch.observations, torch.nan))
+    weights_before = copy.deepcopy(model.policy.state_dict())
+    moments_before = copy.deepcopy(model.critic.optimizer.state_dict())
+    model.update(nan_obs)
+    assert model.skipped_updates == {"critic": 1, "actor": 1, "alpha": 1}
+    for name, value in model.policy.state_dict().items():
+        assert torch.isfinite(value).all(), name
+        if skips and not name.startswith("critic_target"):
+            assert torch.equal(value, weights_before[name]), name
+    if skips:
+        for index, state in model.critic.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, moments_before["state"][index][key]), (index, key)
+
+
 @pytest.mark.parametrize("aggregator", available())
 def test_every_method_trains(aggregator):
     model = make_model(aggregator=aggregator)

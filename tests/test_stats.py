@@ -1,0 +1,44 @@
+"""DeviceMeans: the means it reports, what it leaves out, and that batching values changes none."""
+
+import math
+
+import pytest
+import torch
+
+from mtrl import stats
+from mtrl.stats import DeviceMeans
+
+
+def test_means_of_scalars_and_labelled_vectors():
+    means = DeviceMeans()
+    for step in range(3):
+        means.add("loss", torch.tensor(float(step)))
+        means.add("weight", torch.tensor([1.0, 2.0 * step]), labels=["a", "b"])
+    assert means.pop() == {"loss": 1.0, "weight/a": 1.0, "weight/b": 2.0}
+    assert means.pop() == {}
+
+
+def test_left_out_values_count_for_nothing_even_when_not_finite():
+    means = DeviceMeans()
+    means.add("loss", torch.tensor(2.0), weight=torch.tensor(True))
+    means.add("loss", torch.tensor(math.nan), weight=torch.tensor(False))
+    means.add("loss", torch.tensor(math.inf), weight=torch.tensor(0.0))
+    means.add("never", torch.tensor(math.nan), weight=torch.tensor(False))
+    assert means.pop() == {"loss": 2.0}
+
+
+def test_summing_in_batches_gives_the_plain_mean(monkeypatch):
+    monkeypatch.setattr(stats, "PENDING_LIMIT", 4)
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(11, generator=generator, dtype=torch.float64)
+    kept = torch.rand(11, generator=generator) > 0.3
+    means = DeviceMeans()
+    for value, keep in zip(values, kept, strict=True):
+        means.add("x", value.to(torch.float32), weight=keep)
+    expected = values.to(torch.float32).double()[kept].mean().item()
+    assert means.pop()["x"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_label_count_that_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="2 labels for a value of shape"):
+        DeviceMeans().add("weight", torch.zeros(3), labels=["a", "b"])

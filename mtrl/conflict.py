@@ -42,32 +42,41 @@ def _safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator > tiny, numerator / denominator.clamp_min(tiny), 0.0)
 
 
+def _pair_indices(size: int, device: torch.device) -> Tensor:
+    return torch.triu_indices(size, size, offset=1, device=device)
+
+
 def conflict_stats(gram: Tensor, weights: Tensor) -> ConflictStats:
-    """Diagnostics for the update ``Jᵀ weights`` given ``gram = J Jᵀ``."""
+    """Diagnostics for the update ``Jᵀ weights`` given ``gram = J Jᵀ``.
+
+    Leading dimensions are a batch: ``gram`` of shape ``[..., K, K]`` and ``weights`` of shape
+    ``[..., K]`` give statistics of shape ``[...]`` (``[..., K]`` and ``[..., K, K]`` for the
+    vectors and the cosines).
+    """
     gram = gram.to(torch.float64)
     weights = weights.to(torch.float64)
-    size = gram.shape[0]
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    cosines = _safe_div(gram, torch.outer(norms, norms))
-    upper = torch.triu_indices(size, size, offset=1, device=gram.device)
-    pair_cosines = cosines[upper[0], upper[1]]
+    size = gram.shape[-1]
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    cosines = _safe_div(gram, norms.unsqueeze(-1) * norms.unsqueeze(-2))
+    upper = _pair_indices(size, gram.device)
+    pair_cosines = cosines[..., upper[0], upper[1]]
     if size > 1:
-        conflicting_pairs = (pair_cosines < -CONFLICT_TOLERANCE).to(gram.dtype).mean()
-        cos_min = pair_cosines.min()
+        conflicting_pairs = (pair_cosines < -CONFLICT_TOLERANCE).to(gram.dtype).mean(dim=-1)
+        cos_min = pair_cosines.amin(dim=-1)
     else:
-        conflicting_pairs = gram.new_zeros(())
-        cos_min = gram.new_ones(())
-    task_products = gram @ weights
-    update_norm = (weights @ task_products).clamp_min(0).sqrt()
-    update_cosines = _safe_div(task_products, norms * update_norm)
-    mean = torch.full_like(weights, 1.0 / size)
-    mean_norm = (mean @ gram @ mean).clamp_min(0).sqrt()
+        conflicting_pairs = gram.new_zeros(gram.shape[:-2])
+        cos_min = gram.new_ones(gram.shape[:-2])
+    task_products = (gram @ weights.unsqueeze(-1)).squeeze(-1)
+    update_norm = (weights * task_products).sum(dim=-1).clamp_min(0).sqrt()
+    update_cosines = _safe_div(task_products, norms * update_norm.unsqueeze(-1))
+    # the mean gradient's squared norm: (1/K) 1ᵀ G 1 (1/K)
+    mean_norm = (gram.sum(dim=(-2, -1)) / size**2).clamp_min(0).sqrt()
     return ConflictStats(
         cosines=cosines,
         conflicting_pairs=conflicting_pairs,
         cos_min=cos_min,
         task_products=task_products,
-        update_conflicts=(update_cosines < -CONFLICT_TOLERANCE).sum(),
+        update_conflicts=(update_cosines < -CONFLICT_TOLERANCE).sum(dim=-1),
         update_norm_ratio=_safe_div(update_norm, mean_norm),
         weights=weights,
     )
@@ -88,23 +97,32 @@ class LayerConflicts:
         self.counts: Tensor | None = None
         self.pairs: Tensor | float = 0.0
 
-    def add(self, layer_grams: list[Tensor], weight: Tensor | None = None) -> Tensor:
-        """Count one update's conflicting pairs per layer; returns this update's fractions.
+    def add(self, layer_grams: Tensor | list[Tensor], weight: Tensor | None = None) -> Tensor:
+        """Count conflicting pairs per layer; returns the fraction of pairs that conflict.
 
-        ``weight`` (a 0/1 tensor) leaves an update out without a host check.
+        ``layer_grams`` is one update's list of ``[K, K]`` layer Gram matrices, or a batch of
+        updates ``[..., L, K, K]``; ``weight`` (0/1, shaped like the batch) leaves updates out
+        without a host check. The fractions are shaped ``[..., L]``.
         """
-        grams = torch.stack(layer_grams).to(torch.float64)
+        grams = torch.stack(layer_grams) if isinstance(layer_grams, list) else layer_grams
+        grams = grams.to(torch.float64)
         size = grams.shape[-1]
         norms = grams.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
         cosines = _safe_div(grams, norms.unsqueeze(-1) * norms.unsqueeze(-2))
-        upper = torch.triu_indices(size, size, offset=1, device=grams.device)
-        below = (cosines[:, upper[0], upper[1]] < self.threshold).sum(dim=-1).to(torch.float64)
+        upper = _pair_indices(size, grams.device)
+        below = (cosines[..., upper[0], upper[1]] < self.threshold).sum(dim=-1).to(torch.float64)
+        fractions = below / max(upper.shape[1], 1)
         pairs = float(upper.shape[1])
         if weight is not None:
-            below, pairs = below * weight, pairs * weight.to(torch.float64)
+            weight = weight.to(torch.float64)
+            below = below * weight.unsqueeze(-1)
+            pairs = pairs * weight.sum()
+        else:
+            pairs = pairs * below[..., 0].numel()
+        below = below.reshape(-1, below.shape[-1]).sum(dim=0)
         self.counts = below if self.counts is None else self.counts + below
         self.pairs = self.pairs + pairs
-        return below / max(upper.shape[1], 1)
+        return fractions
 
     def scores(self) -> dict[str, float]:
         """Layer name → fraction of all (update, pair) entries below the threshold."""

@@ -51,6 +51,25 @@ class DeviceMeans:
         if len(pending) >= PENDING_LIMIT:
             self._fold(name)
 
+    def add_batch(
+        self,
+        name: str,
+        values: Tensor,
+        labels: Sequence[str] | None = None,
+        weights: Tensor | None = None,
+    ) -> None:
+        """Add ``values.shape[0]`` values at once, as :meth:`add` would one by one (``weights``
+        has one entry per value)."""
+        if labels is not None:
+            if values.shape[1:] != (len(labels),):
+                raise ValueError(
+                    f"{name}: {len(labels)} labels for values of shape {values.shape[1:]}"
+                )
+            self._labels[name] = labels
+        if weights is None:
+            weights = torch.ones(values.shape[0], device=values.device)
+        self._accumulate(name, values.detach().to(torch.float64), weights.to(torch.float64))
+
     def _fold(self, name: str) -> None:
         """Sum the pending values of ``name`` into its running sum and count."""
         pending = self._pending.pop(name, [])
@@ -61,6 +80,9 @@ class DeviceMeans:
         weights = torch.stack([always if weight is None else weight for _, weight in pending]).to(
             torch.float64
         )
+        self._accumulate(name, values, weights)
+
+    def _accumulate(self, name: str, values: Tensor, weights: Tensor) -> None:
         kept = (weights > 0).view(-1, *[1] * (values.dim() - 1))
         total = torch.where(kept, values, 0.0).sum(dim=0)  # a left-out NaN must not reach it
         count = weights.sum()

@@ -80,3 +80,26 @@ def test_layer_scores_count_pairs_below_the_threshold():
     restored = LayerConflicts(["a", "b", "c"])
     restored.load_state_dict(conflicts.state_dict())
     assert restored.scores() == conflicts.scores()
+
+
+def test_a_batch_of_updates_gives_what_the_updates_give_one_by_one():
+    from mtrl.conflict import LayerConflicts
+
+    generator = torch.Generator().manual_seed(0)
+    jacobians = torch.randn(6, 3, 4, 5, generator=generator)  # [updates, layers, K, n]
+    layer_grams = jacobians @ jacobians.transpose(-1, -2)
+    grams = layer_grams.sum(dim=1)
+    weights = torch.rand(6, 4, generator=generator)
+    kept = torch.tensor([True, False, True, True, False, True])
+    batched = conflict_stats(grams, weights)
+    for update in range(6):
+        single = conflict_stats(grams[update], weights[update])
+        for name, value in vars(single).items():
+            torch.testing.assert_close(getattr(batched, name)[update], value, msg=name)
+    one_by_one, together = LayerConflicts(["a", "b", "c"]), LayerConflicts(["a", "b", "c"])
+    for update in range(6):
+        one_by_one.add(list(layer_grams[update]), weight=kept[update])
+    fractions = together.add(layer_grams, weight=kept)
+    assert fractions.shape == (6, 3)
+    assert together.scores() == one_by_one.scores()
+    torch.testing.assert_close(together.counts, one_by_one.counts)

@@ -39,6 +39,16 @@ def test_summing_in_batches_gives_the_plain_mean(monkeypatch):
     assert means.pop()["x"] == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_batch_adds_what_its_values_add_one_by_one():
+    values = torch.tensor([[1.0, 2.0], [math.nan, 0.0], [3.0, 6.0]])
+    kept = torch.tensor([True, False, True])
+    one_by_one, together = DeviceMeans(), DeviceMeans()
+    for value, keep in zip(values, kept, strict=True):
+        one_by_one.add("w", value, labels=["a", "b"], weight=keep)
+    together.add_batch("w", values, labels=["a", "b"], weights=kept)
+    assert together.pop() == one_by_one.pop() == {"w/a": 2.0, "w/b": 4.0}
+
+
 def test_a_label_count_that_does_not_fit_is_refused():
     with pytest.raises(ValueError, match="2 labels for a value of shape"):
         DeviceMeans().add("weight", torch.zeros(3), labels=["a", "b"])

@@ -78,6 +78,7 @@ def host_reads(model, batch=None):
             if batch is None:
                 batch = model.replay_buffer.sample_tasks(8)
             model.update(batch)
+            model.record_conflicts()  # the update's conflict statistics, computed in batches
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)

@@ -427,10 +427,16 @@ class MTSAC(OffPolicyAlgorithm):
         finite: then nothing reaches the weights (decided on the device, see
         :meth:`_step_if_finite`)."""
         params = dict(network.named_parameters())
-        # The Jacobian stays in per-parameter pieces: their Gram matrices add up to J Jᵀ and
-        # give each layer's own conflicts on the way.
-        grams = {n: task_gram(grad) for n, grad in shared.items()}
-        gram = sum(grams.values())
+        # The Jacobian stays in per-parameter pieces. Their Gram matrices add up to each shared
+        # layer's, which gives the layer's own conflicts, and those add up to J Jᵀ.
+        layer_grams = torch.stack(
+            [
+                task_gram(shared[f"net.{weight}"]) + task_gram(shared[f"net.{bias}"])
+                for layer, (weight, bias) in enumerate(network.net.layer_parameters())
+                if layer not in network.net.task_layers
+            ]
+        )
+        gram = layer_grams.sum(dim=0)
         finite = _finite(losses, gram, *own.values())
         # On a skipped update the method and its state see orthogonal unit gradients rather
         # than NaNs; the step is skipped in _step_if_finite.
@@ -452,13 +458,6 @@ class MTSAC(OffPolicyAlgorithm):
         self._step_if_finite(network.optimizer, name, finite)
         self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
         # A non-finite layer Gram counts no conflict, and the update is left out anyway.
-        layer_grams = torch.stack(
-            [
-                sum(grams[f"net.{p}"] for p in names)
-                for layer, names in enumerate(network.net.layer_parameters())
-                if layer not in network.net.task_layers
-            ]
-        )
         pending = self._pending_conflicts[name]
         pending.append((safe_gram, weights, layer_grams, finite))
         if len(pending) >= CONFLICT_BATCH:

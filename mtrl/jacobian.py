@@ -127,22 +127,29 @@ def per_task_gradients_loop(
     return stacked, type(aux)(part.detach() for part in aux)
 
 
-def _members_first(gradient: Tensor) -> Tensor | None:
-    """A ``[A, K, n]`` view of a ``[K, A, ...]`` gradient stored with A outermost (as the grouped
-    pass stores ensemble members' gradients), or ``None`` if it is not stored that way."""
-    if gradient.dim() > 2 and gradient.movedim(0, 1).is_contiguous():
-        moved = gradient.movedim(0, 1)
-        return moved.reshape(moved.shape[0], moved.shape[1], -1)
-    return None
+# Up to this many entries per task, one product over a whole parameter is cheapest; above it,
+# BLAS runs that product (a long inner axis, K outputs) on one core, and row blocks use them all.
+ROW_BLOCKS_FROM = 1 << 16
+
+
+def _by_member(gradient: Tensor) -> Tensor:
+    """``[A, K, n]``: a view of a ``[K, A, ...]`` gradient stored with A outermost (as the grouped
+    pass stores ensemble members' gradients), else the whole gradient as ``[1, K, n]``."""
+    if gradient.dim() > 2:
+        moved = gradient.transpose(0, 1)
+        if moved.is_contiguous():
+            return moved.view(moved.shape[0], moved.shape[1], -1)
+    return gradient.reshape(1, gradient.shape[0], -1)
 
 
 def task_gram(gradient: Tensor) -> Tensor:
     """``J_p J_pᵀ`` for one parameter's per-task gradients ``[K, *shape]``, without copying them."""
-    members = _members_first(gradient)
+    members = _by_member(gradient)
     rows = gradient.shape[-2] if gradient.dim() > 2 else 1
-    if members is not None:
-        return sum(_gram_by_rows(member, rows) for member in members.unbind(0))
-    return _gram_by_rows(gradient.flatten(start_dim=1), rows)
+    if members.shape[-1] < ROW_BLOCKS_FROM or rows == 1:
+        return torch.bmm(members, members.transpose(1, 2)).sum(dim=0)
+    grams = [_gram_by_rows(member, rows) for member in members.unbind(0)]
+    return grams[0] if len(grams) == 1 else torch.stack(grams).sum(dim=0)
 
 
 def _gram_by_rows(flat: Tensor, rows: int) -> Tensor:
@@ -156,7 +163,6 @@ def _gram_by_rows(flat: Tensor, rows: int) -> Tensor:
 def combine(weights: Tensor, gradient: Tensor) -> Tensor:
     """``Σ_k w_k g_k`` for one parameter's per-task gradients ``[K, *shape]``: its part of
     ``Jᵀw``, shaped like the parameter."""
-    members = _members_first(gradient)
-    if members is not None:
-        return torch.matmul(weights, members).view(gradient.shape[1:])
-    return (weights @ gradient.flatten(start_dim=1)).view(gradient.shape[1:])
+    members = _by_member(gradient)
+    combined = torch.bmm(weights.expand(members.shape[0], 1, -1), members)
+    return combined.view(gradient.shape[1:])

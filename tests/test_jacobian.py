@@ -3,6 +3,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mtrl import jacobian
 from mtrl.agents.networks import Critic
 from mtrl.jacobian import (
     combine,
@@ -84,7 +85,12 @@ def test_grouped_pass_vmap_and_loop_agree(task_layers):
             torch.testing.assert_close(shared[name], looped[name], rtol=1e-5, atol=1e-6)
 
 
-def test_gram_and_combination_read_member_major_gradients_without_copies():
+@pytest.mark.parametrize("row_blocks_from", [0, jacobian.ROW_BLOCKS_FROM])
+def test_gram_and_combination_read_member_major_gradients_without_copies(
+    row_blocks_from, monkeypatch
+):
+    """Both ways of forming the Gram matrix (whole parameters, row blocks) give J Jᵀ."""
+    monkeypatch.setattr(jacobian, "ROW_BLOCKS_FROM", row_blocks_from)
     torch.manual_seed(0)
     stored = torch.randn(2, 5, 3, 4)  # [members, K, ...]: how the grouped pass writes them
     gradient = stored.transpose(0, 1)  # the [K, members, ...] view every caller sees

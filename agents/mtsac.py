@@ -45,14 +45,15 @@ from mtrl.jacobian import (
 )
 from mtrl.optim import AdaTask
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
-from mtrl.stats import DeviceMeans
+from mtrl.stats import DeviceMeans, PendingRows
 
 CHECKPOINT_FORMAT = "mtrl.MTSAC"
 CHECKPOINT_VERSION = 1
 DEFAULT_BATCH_PER_TASK = 128
 GRADIENT_MODES = ("grouped", "vmap", "loop", "none")
-# Updates whose conflict statistics are computed together: some forty operations on K × K
-# matrices per network, about 1% of a GradOPS update on two CPU cores when run every update.
+# Updates whose conflict statistics are computed together (mtrl.stats.PendingRows): some forty
+# operations on K × K matrices per network, about 1% of a GradOPS update on two CPU cores when
+# run every update.
 CONFLICT_BATCH = 256
 
 
@@ -279,7 +280,9 @@ class MTSAC(OffPolicyAlgorithm):
         self.stats = DeviceMeans()
         self.pairwise = DeviceMeans()
         # Gram matrices of recent updates, whose conflict statistics are computed in batches
-        self._pending_conflicts: dict[str, list[tuple[Tensor, ...]]] = {"critic": [], "actor": []}
+        self._pending_conflicts = {
+            name: PendingRows(CONFLICT_BATCH) for name in ("critic", "actor")
+        }
         self.layer_conflicts = {
             name: LayerConflicts(self.shared_layers(network), self.recon_threshold)
             for name, network in (("critic", self.critic), ("actor", self.actor))
@@ -458,9 +461,7 @@ class MTSAC(OffPolicyAlgorithm):
         self._step_if_finite(network.optimizer, name, finite)
         self.stats.add(f"train/{name}_loss", losses.mean(), weight=finite)
         # A non-finite layer Gram counts no conflict, and the update is left out anyway.
-        pending = self._pending_conflicts[name]
-        pending.append((safe_gram, weights, layer_grams, finite))
-        if len(pending) >= CONFLICT_BATCH:
+        if self._pending_conflicts[name].append(safe_gram, weights, layer_grams, finite):
             self._record_conflicts(name)
 
     @staticmethod
@@ -471,12 +472,10 @@ class MTSAC(OffPolicyAlgorithm):
 
     def _record_conflicts(self, name: str) -> None:
         """Turn the pending updates' Gram matrices into conflict statistics, all in one batch."""
-        pending, self._pending_conflicts[name] = self._pending_conflicts[name], []
-        if not pending:
+        pending = self._pending_conflicts[name]
+        if not pending.filled:
             return
-        grams, weights, layer_grams, finite = (
-            torch.stack(part) for part in zip(*pending, strict=True)
-        )
+        grams, weights, layer_grams, finite = pending.take()
         stats = conflict_stats(grams, weights)
         prefix = f"grad/{name}"
         for key in ("conflicting_pairs", "cos_min", "update_conflicts", "update_norm_ratio"):

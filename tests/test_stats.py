@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from mtrl import stats
-from mtrl.stats import DeviceMeans
+from mtrl.stats import DeviceMeans, PendingRows
 
 
 def test_means_of_scalars_and_labelled_vectors():
@@ -27,16 +26,18 @@ def test_left_out_values_count_for_nothing_even_when_not_finite():
     assert means.pop() == {"loss": 2.0}
 
 
-def test_summing_in_batches_gives_the_plain_mean(monkeypatch):
-    monkeypatch.setattr(stats, "PENDING_LIMIT", 4)
-    generator = torch.Generator().manual_seed(0)
-    values = torch.rand(11, generator=generator, dtype=torch.float64)
-    kept = torch.rand(11, generator=generator) > 0.3
-    means = DeviceMeans()
-    for value, keep in zip(values, kept, strict=True):
-        means.add("x", value.to(torch.float32), weight=keep)
-    expected = values.to(torch.float32).double()[kept].mean().item()
-    assert means.pop()["x"] == pytest.approx(expected, rel=1e-12)
+def test_pending_rows_hand_back_what_was_appended_in_buffers_allocated_once():
+    rows = PendingRows(3)
+    appended = [(torch.full((2, 2), float(i)), torch.tensor(i % 2 == 0)) for i in range(5)]
+    assert [rows.append(*update) for update in appended[:3]] == [False, False, True]
+    buffers = [buffer.data_ptr() for buffer in rows.take()]
+    for update in appended[3:]:
+        rows.append(*update)
+    grams, flags = rows.take()
+    assert [grams.data_ptr(), flags.data_ptr()] == buffers  # the same memory, refilled
+    torch.testing.assert_close(grams, torch.stack([appended[3][0], appended[4][0]]))
+    assert flags.tolist() == [False, True]
+    assert [len(part) for part in rows.take()] == [0, 0]
 
 
 def test_a_batch_adds_what_its_values_add_one_by_one():

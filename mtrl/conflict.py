@@ -42,8 +42,18 @@ def _safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator > tiny, numerator / denominator.clamp_min(tiny), 0.0)
 
 
-def _pair_indices(size: int, device: torch.device) -> Tensor:
-    return torch.triu_indices(size, size, offset=1, device=device)
+def _norms_and_cosines(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient norms ``[..., K]`` and pairwise cosines ``[..., K, K]`` of Gram matrices (a
+    cosine is 0 where a gradient vanishes)."""
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    return norms, _safe_div(gram, norms.unsqueeze(-1) * norms.unsqueeze(-2))
+
+
+def _pair_cosines(cosines: Tensor) -> Tensor:
+    """The ``K(K−1)/2`` cosines of distinct task pairs, ``[..., K(K−1)/2]``."""
+    size = cosines.shape[-1]
+    first, second = torch.triu_indices(size, size, offset=1, device=cosines.device)
+    return cosines[..., first, second]
 
 
 def conflict_stats(gram: Tensor, weights: Tensor) -> ConflictStats:
@@ -56,10 +66,8 @@ def conflict_stats(gram: Tensor, weights: Tensor) -> ConflictStats:
     gram = gram.to(torch.float64)
     weights = weights.to(torch.float64)
     size = gram.shape[-1]
-    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
-    cosines = _safe_div(gram, norms.unsqueeze(-1) * norms.unsqueeze(-2))
-    upper = _pair_indices(size, gram.device)
-    pair_cosines = cosines[..., upper[0], upper[1]]
+    norms, cosines = _norms_and_cosines(gram)
+    pair_cosines = _pair_cosines(cosines)
     if size > 1:
         conflicting_pairs = (pair_cosines < -CONFLICT_TOLERANCE).to(gram.dtype).mean(dim=-1)
         cos_min = pair_cosines.amin(dim=-1)
@@ -105,14 +113,11 @@ class LayerConflicts:
         without a host check. The fractions are shaped ``[..., L]``.
         """
         grams = torch.stack(layer_grams) if isinstance(layer_grams, list) else layer_grams
-        grams = grams.to(torch.float64)
-        size = grams.shape[-1]
-        norms = grams.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
-        cosines = _safe_div(grams, norms.unsqueeze(-1) * norms.unsqueeze(-2))
-        upper = _pair_indices(size, grams.device)
-        below = (cosines[..., upper[0], upper[1]] < self.threshold).sum(dim=-1).to(torch.float64)
-        fractions = below / max(upper.shape[1], 1)
-        pairs = float(upper.shape[1])
+        _, cosines = _norms_and_cosines(grams.to(torch.float64))
+        pair_cosines = _pair_cosines(cosines)
+        below = (pair_cosines < self.threshold).sum(dim=-1).to(torch.float64)
+        fractions = below / max(pair_cosines.shape[-1], 1)
+        pairs = float(pair_cosines.shape[-1])
         if weight is not None:
             weight = weight.to(torch.float64)
             below = below * weight.unsqueeze(-1)

@@ -32,10 +32,7 @@ class DeviceMeans:
         ``weight`` (a 0/1 or boolean tensor) leaves a value out without a host check, e.g. the
         diagnostics of an update that was skipped for being non-finite.
         """
-        if labels is not None:
-            if value.shape != (len(labels),):
-                raise ValueError(f"{name}: {len(labels)} labels for a value of shape {value.shape}")
-            self._labels[name] = labels
+        self._set_labels(name, labels, value.shape)
         value = value.detach().to(torch.float64)
         if weight is None:
             weight = torch.ones((), dtype=torch.float64, device=value.device)
@@ -50,17 +47,20 @@ class DeviceMeans:
     ) -> None:
         """Add ``values.shape[0]`` values at once, as :meth:`add` would one by one (``weights``
         has one entry per value)."""
-        if labels is not None:
-            if values.shape[1:] != (len(labels),):
-                raise ValueError(
-                    f"{name}: {len(labels)} labels for values of shape {values.shape[1:]}"
-                )
-            self._labels[name] = labels
+        self._set_labels(name, labels, values.shape[1:])
         if weights is None:
             weights = torch.ones(values.shape[0], device=values.device)
         kept = (weights > 0).view(-1, *[1] * (values.dim() - 1))
         total = torch.where(kept, values.detach().to(torch.float64), 0.0).sum(dim=0)
         self._accumulate(name, total, weights.to(torch.float64).sum())
+
+    def _set_labels(self, name: str, labels: Sequence[str] | None, shape: torch.Size) -> None:
+        """Remember the labels of a vector entry, after checking that they fit one value."""
+        if labels is None:
+            return
+        if shape != (len(labels),):
+            raise ValueError(f"{name}: {len(labels)} labels for a value of shape {shape}")
+        self._labels[name] = labels
 
     def _accumulate(self, name: str, total: Tensor, count: Tensor) -> None:
         """Add to the running sum and count of ``name``; a left-out value is already zero in

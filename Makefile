@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test train lint clean
+.PHONY: test test-numerics train lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The rounding-sensitive tests again, with the portable CPU kernels and one thread: reductions
+# then add up in another order, as on another machine.
+test-numerics: $(VENV)/.installed
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(BIN)/pytest -m numerical
 
 # The main job: MT10 with GradOPS, the standard budget, device auto, into runs/.
 # Extra settings go in ARGS, e.g. make train ARGS="method=cagrad seed=1".

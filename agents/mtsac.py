@@ -16,6 +16,7 @@ entropy −|A|.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import RolloutReturn
 from torch import Tensor
 from torch.func import functional_call
 
@@ -48,7 +50,7 @@ from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans, PendingRows
 
 CHECKPOINT_FORMAT = "mtrl.MTSAC"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 DEFAULT_BATCH_PER_TASK = 128
 GRADIENT_MODES = ("grouped", "vmap", "loop", "none")
 # Updates whose conflict statistics are computed together (mtrl.stats.PendingRows): some forty
@@ -504,6 +506,19 @@ class MTSAC(OffPolicyAlgorithm):
         for key, value in self.pairwise.pop().items():
             self.logger.record(key, value)
 
+    # -- collecting -------------------------------------------------------------------------
+
+    def collect_rollouts(self, env: Any, callback: Any, *args: Any, **kwargs: Any) -> RolloutReturn:
+        """SB3's collection of one step, unless a stop was asked for (:attr:`stop_requested`).
+
+        A stop then takes effect between two steps, where the last step is stored and trained
+        on: a checkpoint written there continues exactly. (SB3 itself stops inside a step, when
+        a callback's ``on_step`` returns False, before that step's transitions are stored.)
+        """
+        if self.stop_requested:
+            return RolloutReturn(0, 0, continue_training=False)
+        return super().collect_rollouts(env, callback, *args, **kwargs)
+
     # -- logging ------------------------------------------------------------------------------
 
     def learn(
@@ -571,8 +586,12 @@ class MTSAC(OffPolicyAlgorithm):
         }
 
     def checkpoint_state(self, include_replay_buffer: bool = True) -> dict[str, Any]:
-        """Everything needed to continue training exactly where it stopped, as plain data."""
-        self.record_conflicts()
+        """Everything needed to continue training exactly where it stopped, as plain data.
+
+        With ``include_replay_buffer`` the state is a full checkpoint: the replay buffer, the
+        episodes in progress (the environments' state and the last observations) and the
+        training statistics not yet logged come too. Nothing is changed by taking it.
+        """
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -603,6 +622,27 @@ class MTSAC(OffPolicyAlgorithm):
         }
         if include_replay_buffer:
             state["replay_buffer"] = self.replay_buffer.state_dict()
+            state["rollout"] = self._rollout_state()
+            state["statistics"] = {
+                "stats": self.stats.state_dict(),
+                "pairwise": self.pairwise.state_dict(),
+                "pending_conflicts": {
+                    name: rows.state_dict() for name, rows in self._pending_conflicts.items()
+                },
+            }
+        return state
+
+    def _rollout_state(self) -> dict[str, Any]:
+        """The episodes in progress: the environments' state where they can give it, the last
+        observations that the next action is chosen from, SB3's episode statistics."""
+        state: dict[str, Any] = {
+            "episode_infos": list(self.ep_info_buffer or []),
+            "episode_successes": [bool(s) for s in self.ep_success_buffer or []],
+        }
+        if self._last_obs is not None and hasattr(self.env, "state_dict"):
+            state["env"] = self.env.state_dict()
+            state["last_obs"] = torch.from_numpy(np.array(self._last_obs))
+            state["last_episode_starts"] = torch.from_numpy(np.array(self._last_episode_starts))
         return state
 
     def save(self, path: str | Path, include_replay_buffer: bool = False) -> Path:  # type: ignore[override]
@@ -630,6 +670,12 @@ class MTSAC(OffPolicyAlgorithm):
         """Rebuild a model from a state read with :func:`mtrl.checkpoint.load_state`."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{source} is not an MTSAC checkpoint")
+        if state.get("format_version", 1) > CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{source} was written by a newer mtrl ({state.get('mtrl_version')}, checkpoint "
+                f"format {state['format_version']}); this one reads formats up to "
+                f"{CHECKPOINT_VERSION}: upgrade mtrl to load it"
+            )
         hyperparameters = dict(state["hyperparameters"])
         hyperparameters["policy_kwargs"] = dict(hyperparameters["policy_kwargs"])
         model = cls("MlpPolicy", env, device=device, _init_setup_model=False, **hyperparameters)
@@ -667,7 +713,26 @@ class MTSAC(OffPolicyAlgorithm):
             conflicts.load_state_dict(state["layer_conflicts"][name])
         if "replay_buffer" in state:
             self.replay_buffer.load_state_dict(state["replay_buffer"])
+        if "rollout" in state:
+            self._load_rollout_state(state["rollout"])
+        if "statistics" in state:
+            statistics = state["statistics"]
+            self.stats.load_state_dict(statistics["stats"], self.device)
+            self.pairwise.load_state_dict(statistics["pairwise"], self.device)
+            for name, rows in self._pending_conflicts.items():
+                rows.load_state_dict(statistics["pending_conflicts"][name], self.device)
         _set_rng_state(state["rng"], self.action_space)
+
+    def _load_rollout_state(self, state: dict[str, Any]) -> None:
+        window = self._stats_window_size
+        self.ep_info_buffer = collections.deque(state["episode_infos"], maxlen=window)
+        self.ep_success_buffer = collections.deque(state["episode_successes"], maxlen=window)
+        restorable = "env" in state and hasattr(self.env, "load_state_dict")
+        # Where the episodes in progress come back whole, SB3 must not reset the envs: the
+        # next action is chosen from the last observation, as it would have been.
+        if restorable and self.env.load_state_dict(state["env"]):
+            self._last_obs = state["last_obs"].numpy().copy()
+            self._last_episode_starts = state["last_episode_starts"].numpy().copy()
 
 
 def _rng_state(action_space: spaces.Space) -> dict[str, Any]:

@@ -42,6 +42,21 @@ class _PolicyAgent:
         pass  # a feed-forward policy keeps no per-episode state
 
 
+def evaluation_seed(seed: int, vector_step: int) -> int:
+    """The seed of the evaluation after ``vector_step`` steps of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, vector_step]).generate_state(1)[0])
+
+
+def reseed_goal_draws(env: gym.vector.VectorEnv, seed: int) -> None:
+    """Give every sub-env a generator of its own derived from ``seed``.
+
+    Meta-World draws each episode's goal (one of the task's 50) with the env's ``np_random``; it
+    ignores ``reset(seed=...)`` (Meta-World#555), so the generator is replaced instead.
+    """
+    seeds = np.random.SeedSequence(seed).spawn(env.num_envs)
+    env.set_attr("np_random", [np.random.default_rng(s) for s in seeds])
+
+
 def evaluate(
     policy_fn: PolicyFn,
     spec: BenchmarkSpec,
@@ -56,10 +71,11 @@ def evaluate(
     ``lambda obs: model.predict(obs, deterministic=True)[0]``.
 
     ``env`` lets training keep one evaluation env alive (never the training env: it is reset
-    here); ``seed`` is then unused and, with resampled goals, each call sees new goals. Without
-    it, an env is built from ``seed`` and closed afterwards, so every call sees the same goals. In
-    ``goal_mode="fixed"`` the goal comes from the seed: use the training seed to evaluate on the
-    training goals.
+    here). Its goal draws are then reseeded from ``seed`` first (:func:`reseed_goal_draws`), so
+    that the result depends on the policy and ``seed`` alone, not on earlier evaluations: a
+    resumed run evaluates as the uninterrupted one would have. Without ``env``, one is built from
+    ``seed`` and closed afterwards. In ``goal_mode="fixed"`` the goal comes from the seed the env
+    was built with: build it with the training seed to evaluate on the training goals.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
@@ -68,6 +84,8 @@ def evaluate(
     owns_env = env is None
     if owns_env:
         env = make_vector_env(spec, seed)
+    else:
+        reseed_goal_draws(env, seed)
     try:
         tasks = spec.tasks
         env_tasks = env_task_names(env)

@@ -8,6 +8,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import (
@@ -18,6 +19,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from mtrl.envs.benchmarks import env_task_names, upright
+from mtrl.envs.env_state import env_state, load_env_state
 
 
 def _unbatch(info: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
@@ -121,6 +123,49 @@ class MetaWorldVecEnv(VecEnv):
         self._episode_lengths[i] = 0
         self._ever_succeeded[i] = False
         return last_info
+
+    @property
+    def restores_episodes(self) -> bool:
+        """Whether :meth:`load_state_dict` restores the episodes in progress: sub-envs in this
+        process can be read and written whole; those of an async env live in worker processes,
+        which only Meta-World's own checkpoint (goals and generators) reaches."""
+        return isinstance(self.vector_env, gym.vector.SyncVectorEnv)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sub-envs' state as plain data: whole (episodes in progress included) for a sync
+        env, Meta-World's checkpoint of goals and generators for an async one."""
+        if self.restores_episodes:
+            envs = [env_state(env) for env in self.vector_env.envs]
+        else:
+            envs = [{"metaworld": state} for state in self.vector_env.call("get_checkpoint")]
+        return {
+            "envs": envs,
+            "episode_returns": torch.from_numpy(self._episode_returns.copy()),
+            "episode_lengths": torch.from_numpy(self._episode_lengths.copy()),
+            "ever_succeeded": torch.from_numpy(self._ever_succeeded.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Continue from :meth:`state_dict`; returns whether the episodes in progress came back.
+
+        Without them (an async env, or a state saved from one) the next :meth:`reset` starts new
+        episodes from the saved goals and generators.
+        """
+        envs = state["envs"]
+        if len(envs) != self.num_envs:
+            raise ValueError(
+                f"the saved state has {len(envs)} environments, this env {self.num_envs}"
+            )
+        whole = all("physics" in env for env in envs)
+        if self.restores_episodes and whole:
+            for env, saved in zip(self.vector_env.envs, envs, strict=True):
+                load_env_state(env, saved)
+            self._episode_returns[:] = state["episode_returns"].numpy()
+            self._episode_lengths[:] = state["episode_lengths"].numpy()
+            self._ever_succeeded[:] = state["ever_succeeded"].numpy()
+            return True
+        self.vector_env.call("load_checkpoint", [env["metaworld"] for env in envs])
+        return False
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Kept for SB3 (``set_random_seed`` calls it); it has no effect on Meta-World.

@@ -1,7 +1,9 @@
 """SB3 callbacks for multi-task runs: evaluation, checkpoints, a progress bar, a clean stop.
 
 Schedules count vector steps (one step of every task's env) from the environment-step counter,
-so that a resumed run keeps the schedule of the run it continues.
+so that a resumed run keeps the schedule of the run it continues. Evaluations and checkpoints
+happen between two steps, once the last step's transitions are stored and trained on, so that a
+checkpoint holds a state the run passes through and a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from mtrl.runs import checkpoint_path, prune_checkpoints
 
 
 class VectorStepCallback(BaseCallback):
-    """A callback that fires every ``every`` vector steps and once more when training ends."""
+    """A callback that fires after every ``every`` vector steps and once more when training
+    ends, each time between two steps (see the module's docstring)."""
 
     def __init__(self, every: int) -> None:
         super().__init__()
@@ -33,12 +36,20 @@ class VectorStepCallback(BaseCallback):
     def vector_step(self) -> int:
         return self.num_timesteps // self.training_env.num_envs
 
-    def _on_step(self) -> bool:
-        if self.vector_step % self.every == 0:
+    def _on_training_start(self) -> None:
+        # A resumed run starts where its checkpoint was written, after what fired there.
+        self.last_fired = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        self.num_timesteps = self.model.num_timesteps
+        if self.vector_step % self.every == 0 and self.last_fired != self.num_timesteps:
             self._fire()
+
+    def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
+        self.num_timesteps = self.model.num_timesteps
         if self.last_fired != self.num_timesteps and self.fire_at_end():
             self._fire()
 
@@ -56,11 +67,13 @@ class VectorStepCallback(BaseCallback):
 class EvaluationCallback(VectorStepCallback):
     """Evaluates the deterministic policy and logs success per task, returns and the best so far.
 
-    ``evaluate`` maps a policy function (observations → actions) to a result with
-    ``mean_success``, ``success`` (task → rate) and ``returns`` (task → mean return).
+    ``evaluate(policy, vector_step)`` maps a policy function (observations → actions) to a result
+    with ``mean_success``, ``success`` (task → rate) and ``returns`` (task → mean return).
     """
 
-    def __init__(self, evaluate: Callable[[Callable[[np.ndarray], np.ndarray]], Any], every: int):
+    def __init__(
+        self, evaluate: Callable[[Callable[[np.ndarray], np.ndarray], int], Any], every: int
+    ) -> None:
         super().__init__(every)
         self.evaluate = evaluate
 
@@ -68,7 +81,8 @@ class EvaluationCallback(VectorStepCallback):
         return not self.model.stop_requested  # an interrupted run stops without a long evaluation
 
     def fire(self) -> None:
-        result = self.evaluate(lambda obs: self.model.predict(obs, deterministic=True)[0])
+        policy = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
+        result = self.evaluate(policy, self.vector_step)
         run_state = self.model.run_state
         run_state["last_success"] = result.mean_success
         run_state["best_success"] = max(run_state.get("best_success", 0.0), result.mean_success)
@@ -84,7 +98,8 @@ class EvaluationCallback(VectorStepCallback):
 
 
 class CheckpointCallback(VectorStepCallback):
-    """Writes a full checkpoint (atomically) every ``every`` vector steps and at the end."""
+    """Writes a full checkpoint (atomically) every ``every`` vector steps and at the end, then
+    deletes all but the ``keep`` newest (never the checkpoint of a finished budget)."""
 
     def __init__(self, run_dir: Path, every: int, keep: int, replay_buffer: bool) -> None:
         super().__init__(every)
@@ -152,7 +167,7 @@ class GracefulStop(BaseCallback):
             self._previous[signum] = signal.signal(signum, self._request)
 
     def _on_step(self) -> bool:
-        return not self.requested
+        return True  # MTSAC stops between two steps once stop_requested is set
 
     def _on_training_end(self) -> None:
         for signum, handler in self._previous.items():

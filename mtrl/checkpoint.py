@@ -1,16 +1,20 @@
-"""Checkpoint files: written atomically, read back without unpickling arbitrary objects.
+"""Run files: written atomically, read back without unpickling arbitrary objects.
 
 A checkpoint is a ``torch.save`` of tensors and plain data (dicts, lists, numbers, strings), so
 that ``torch.load(weights_only=True)`` can read it: loading a file never runs code from it.
+Every file of a run (checkpoints, config, protocol) is written through a temporary file and a
+rename, so that a crash or a full disk leaves the previous version whole, never half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -19,21 +23,57 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupt, or not one of ours."""
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` through a temporary file and a rename.
+class RunWriteError(RuntimeError):
+    """A file of a run could not be written: a read-only directory, a full disk, ..."""
 
-    A crash or an interruption mid-write leaves the previous file at ``path`` untouched, never a
-    half-written one.
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a crash right after it keeps the new name)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` with ``write(handle)`` into a temporary file, then rename it over ``path``.
+
+    Raises :class:`RunWriteError` naming the path if anything cannot be written; the previous
+    file at ``path`` is then untouched and the temporary file removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as handle:
+            try:
+                write(handle)
+            except RuntimeError as error:
+                # torch.save reports a failed write as a RuntimeError; the OSError behind it
+                # says why (no space left, read-only file system).
+                if isinstance(error.__context__, OSError):
+                    raise error.__context__ from error
+                raise
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        _fsync_directory(path.parent)
+    except OSError as error:
+        with contextlib.suppress(OSError):  # a read-only directory cannot lose it either
+            partial.unlink(missing_ok=True)
+        raise RunWriteError(f"cannot write {path}: {error.strerror or error}") from error
     return path
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` with ``torch.save``, atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda handle: torch.save(state, handle))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

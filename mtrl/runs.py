@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
-from mtrl.checkpoint import CheckpointError
+from mtrl.checkpoint import CheckpointError, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.yaml"
@@ -49,6 +51,25 @@ def describe_earlier(path: Path) -> str:
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints."""
+    """Delete all but the ``keep`` newest checkpoints, never the one a finished run ended with
+    (:func:`read_finished`): extending a finished run must not lose its policy."""
+    finished = read_finished(run_dir)
+    kept = Path(run_dir) / finished["checkpoint"] if finished and "checkpoint" in finished else None
     for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old != kept:
+            old.unlink(missing_ok=True)
+
+
+def read_finished(run_dir: str | Path) -> dict[str, Any] | None:
+    """What a run that completed its budget recorded (``total_steps``, ``env_steps`` and its
+    final ``checkpoint`` relative to the run directory), or ``None``."""
+    path = Path(run_dir) / FINISHED
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_finished(run_dir: str | Path, total_steps: int, env_steps: int) -> None:
+    """Record that a run completed ``total_steps`` vector steps, with the checkpoint it ended
+    with."""
+    checkpoint = checkpoint_path(run_dir, env_steps).relative_to(run_dir)
+    record = {"total_steps": total_steps, "env_steps": env_steps, "checkpoint": str(checkpoint)}
+    write_text_atomic(Path(run_dir) / FINISHED, json.dumps(record) + "\n")

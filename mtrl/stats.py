@@ -7,6 +7,7 @@ every sum at once, when the logger dumps, keeps the update loop free of such wai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,6 +73,20 @@ class DeviceMeans:
             # copies: a caller's tensor must not be changed by the next +=
             self._sums[name], self._counts[name] = total.clone(), count.clone()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums and counts since the last :meth:`pop`, so that a resumed run logs the
+        means it would have logged."""
+        return {
+            "sums": dict(self._sums),
+            "counts": dict(self._counts),
+            "labels": {name: list(labels) for name, labels in self._labels.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str) -> None:
+        self._sums = {name: value.to(device) for name, value in state["sums"].items()}
+        self._counts = {name: value.to(device) for name, value in state["counts"].items()}
+        self._labels = {name: list(labels) for name, labels in state["labels"].items()}
+
     def pop(self) -> dict[str, float]:
         """The mean of every entry since the last call, then start afresh; entries that only
         saw left-out values are not reported."""
@@ -121,6 +136,20 @@ class PendingRows:
             buffer[self.filled].copy_(tensor)
         self.filled += 1
         return self.filled == self.rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [buffer[: self.filled].clone() for buffer in self._buffers]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str) -> None:
+        self._buffers, self.filled = [], 0
+        rows = state["rows"]
+        if rows and len(rows[0]):
+            self._buffers = [
+                torch.empty((self.rows, *r.shape[1:]), dtype=r.dtype, device=device) for r in rows
+            ]
+            self.filled = len(rows[0])
+            for buffer, saved in zip(self._buffers, rows, strict=True):
+                buffer[: self.filled].copy_(saved)
 
     def take(self) -> tuple[Tensor, ...]:
         """The filled rows of each buffer (views, valid until the next :meth:`append`); the

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from mtrl.agents.mtsac import MTSAC
 from mtrl.checkpoint import CheckpointError, load_state
 from mtrl.runs import CONFIG, latest_checkpoint
 
@@ -27,15 +28,15 @@ NETWORKS = ("actor", "critic")
 
 def layer_scores(run_dir: Path) -> dict[tuple[str, int], float]:
     """(network, layer index) → S-conflict score, from the run's newest checkpoint."""
-    state = load_state(latest_checkpoint(run_dir))
+    path = latest_checkpoint(run_dir)
+    model = MTSAC.from_state(load_state(path), device="cpu", source=str(path))
+    model.record_conflicts()  # the updates still waiting to be counted, in a batch
     scores = {}
     for network in NETWORKS:
-        counts = state["layer_conflicts"][network]
-        pairs = float(counts["pairs"])
-        if not pairs:
+        conflicts = model.layer_conflicts[network]
+        if not float(conflicts.pairs):
             raise CheckpointError(f"{run_dir} has not recorded any update yet")
-        values = counts["counts"].double() / pairs
-        for layer, value in zip(counts["layers"], values.tolist(), strict=True):
+        for layer, value in conflicts.scores().items():
             scores[network, int(layer.removeprefix("layer"))] = value
     return scores
 

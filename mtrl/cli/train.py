@@ -37,18 +37,19 @@ from mtrl.callbacks import (
     GracefulStop,
     ProgressBarCallback,
 )
-from mtrl.checkpoint import CheckpointError, load_state
+from mtrl.checkpoint import CheckpointError, RunWriteError, load_state, write_text_atomic
 from mtrl.cli.settings import ConfigError, TrainSettings, train_settings
 from mtrl.envs.benchmarks import make_vector_env
-from mtrl.envs.evaluation import evaluate
+from mtrl.envs.evaluation import evaluate, evaluation_seed
 from mtrl.envs.vec_env import MetaWorldVecEnv
 from mtrl.runs import (
     CONFIG,
-    FINISHED,
     PROTOCOL,
     describe_earlier,
     latest_checkpoint,
     list_checkpoints,
+    read_finished,
+    write_finished,
 )
 
 # Keys that may change when a run is resumed; everything else is the stopped run's own config.
@@ -79,6 +80,7 @@ def protocol(settings: TrainSettings) -> dict[str, Any]:
             "success": "success reached at any step of the episode",
         },
         "device": str(settings.device),
+        "history": [],  # what each resume changed, see history()
         "versions": {"python": platform.python_version()}
         | {name: metadata.version(name) for name in PACKAGES},
     }
@@ -90,42 +92,76 @@ def _as_text(data: dict[str, Any], title: str) -> str:
     return f"{title}\n\n" + "\n".join("    " + line for line in body.splitlines())
 
 
-def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
-    """The stopped run's own config, with only the keys that may change taken from ``cfg``."""
+def given_keys(overrides: list[str]) -> set[str]:
+    """The config keys that command-line overrides set (``agent.gamma=0.9`` sets ``agent``)."""
+    return {o.split("=", 1)[0].lstrip("+~").split(".")[0] for o in overrides}
+
+
+def resume_config(cfg: DictConfig, run_dir: Path, given: set[str]) -> DictConfig:
+    """The stopped run's own config; of the keys in ``given`` (set on the command line), only
+    the resumable ones may change it, and they take their values from ``cfg``."""
     saved = run_dir / CONFIG
     if not saved.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory: it has no {CONFIG}")
-    changed = sorted(
-        {o.split("=", 1)[0].lstrip("+~") for o in overrides} - set(RESUMABLE_OVERRIDES)
-    )
+    changed = sorted(set(given) - {"resume"} - set(RESUMABLE_OVERRIDES))
     if changed:
         raise ConfigError(
             f"a resumed run keeps its own config, so {changed} cannot change; "
             f"only {', '.join(RESUMABLE_OVERRIDES)} can"
         )
     config = OmegaConf.load(saved)
-    for key in RESUMABLE_OVERRIDES:
+    for key in sorted(set(given) & set(RESUMABLE_OVERRIDES)):
         config[key] = cfg[key]
     config.resume = str(run_dir)
     return config
+
+
+def finished_already(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why there is nothing to train, if the run finished a budget of at least ``total_steps``."""
+    finished = read_finished(run_dir)
+    if finished is None or cfg.total_steps > finished["total_steps"]:
+        return None
+    steps = finished["total_steps"]
+    return f"{run_dir} finished at {steps} vector steps; pass total_steps=N > {steps} to extend it"
+
+
+def history(previous: dict[str, Any], current: dict[str, Any], vector_step: int) -> list:
+    """The protocol's record of what each resume changed: the budget, the device."""
+    changes = list(previous.get("history", []))
+    for key, old, new in (
+        ("total_steps", previous["budget"]["vector_steps"], current["budget"]["vector_steps"]),
+        ("device", previous["device"], current["device"]),
+    ):
+        if old != new:
+            changes.append({"at_vector_step": vector_step, "key": key, "from": old, "to": new})
+            print(f"{key} changed from {old} to {new} at vector step {vector_step}")
+    return changes
 
 
 def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
     """Train (or resume) one run into ``run_dir`` and return the trained model."""
     resuming = cfg.resume is not None
     settings = train_settings(cfg)
-    state = None
+    state, record = None, protocol(settings)
     if resuming:
         checkpoint = latest_checkpoint(run_dir)
         try:
             state = load_state(checkpoint)
         except CheckpointError as error:
             raise CheckpointError(f"{error}; {describe_earlier(checkpoint)}") from error
-    # A resumed run may have been given a larger budget: its record says so.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = OmegaConf.merge(cfg, {"resume": None})
-    OmegaConf.save(record, run_dir / CONFIG, resolve=True)
-    (run_dir / PROTOCOL).write_text(json.dumps(protocol(settings), indent=2) + "\n")
+        done = state["counters"]["num_timesteps"] // settings.benchmark.num_tasks
+        if done > settings.total_steps:
+            raise ConfigError(
+                f"total_steps={settings.total_steps} is below the {done} vector steps this run "
+                "has taken already"
+            )
+        if (run_dir / PROTOCOL).is_file():
+            previous = json.loads((run_dir / PROTOCOL).read_text())
+            record["history"] = history(previous, record, done)
+    # A resumed run may have been given a larger budget: config and protocol say so.
+    resolved = OmegaConf.to_yaml(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
+    write_text_atomic(run_dir / CONFIG, resolved)
+    write_text_atomic(run_dir / PROTOCOL, json.dumps(record, indent=2) + "\n")
 
     spec = settings.benchmark
     env = MetaWorldVecEnv(make_vector_env(spec, settings.seed))
@@ -153,13 +189,12 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             model.logger.record(
                 "run/config", _as_text(OmegaConf.to_container(cfg), "config"), exclude=text
             )
-            model.logger.record(
-                "run/protocol", _as_text(protocol(settings), "protocol"), exclude=text
-            )
+            model.logger.record("run/protocol", _as_text(record, "protocol"), exclude=text)
             model.logger.dump(0)
 
-        def evaluate_policy(policy_fn):
-            return evaluate(policy_fn, spec, settings.eval_episodes, settings.seed, env=eval_env)
+        def evaluate_policy(policy_fn, vector_step):
+            seed = evaluation_seed(settings.seed, vector_step)
+            return evaluate(policy_fn, spec, settings.eval_episodes, seed, env=eval_env)
 
         callbacks = [
             GracefulStop(),
@@ -178,13 +213,11 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             model.learn(
                 remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resuming
             )
-        if not model.stop_requested:
-            finished = {"total_steps": settings.total_steps, "env_steps": model.num_timesteps}
-            (run_dir / FINISHED).write_text(json.dumps(finished) + "\n")
         if model.stop_requested:
-            print(
-                f"stopped at {model.num_timesteps} env steps; resume: mtrl-train resume={run_dir}"
-            )
+            steps = model.num_timesteps // spec.num_tasks
+            print(f"stopped at vector step {steps}; resume: mtrl-train resume={run_dir}")
+        else:
+            write_finished(run_dir, settings.total_steps, model.num_timesteps)
         return model
     finally:
         env.close()
@@ -209,14 +242,14 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
             f"{run_dir} already holds a run with another config (it differs in {differing}); "
             "give the sweep another name, or remove that directory"
         )
-    finished = run_dir / FINISHED
-    if finished.is_file() and json.loads(finished.read_text())["total_steps"] >= cfg.total_steps:
+    if finished_already(cfg, run_dir):
         print(f"{run_dir} finished its {cfg.total_steps} steps already: skipped")
         return None
     if not list_checkpoints(run_dir):
         return cfg
     print(f"{run_dir} stopped before the end: resuming it")
-    return resume_config(cfg, run_dir, [])
+    changed = {key for key in RESUMABLE_OVERRIDES if current.get(key) != saved.get(key)}
+    return resume_config(cfg, run_dir, changed)
 
 
 def set_threads(cfg: DictConfig, hydra_config: Any) -> None:
@@ -241,7 +274,12 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_config.runtime.output_dir)
     try:
         if cfg.resume is not None:
-            cfg = resume_config(cfg, Path(cfg.resume), list(hydra_config.overrides.task))
+            given = given_keys(list(hydra_config.overrides.task))
+            cfg = resume_config(cfg, Path(cfg.resume), given)
+            reason = finished_already(cfg, run_dir)
+            if reason:
+                print(reason)
+                return
         elif (run_dir / CONFIG).is_file():
             cfg = restarted_job(cfg, run_dir)
             if cfg is None:
@@ -252,6 +290,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError) as error:
         print(f"mtrl-train: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunWriteError as error:
+        print(f"mtrl-train: {error}; the run's earlier files are intact", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

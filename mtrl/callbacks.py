@@ -170,5 +170,10 @@ class GracefulStop(BaseCallback):
         return True  # MTSAC stops between two steps once stop_requested is set
 
     def _on_training_end(self) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Give the signals back to their earlier handlers (also when training failed)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()

@@ -166,6 +166,7 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
     spec = settings.benchmark
     env = MetaWorldVecEnv(make_vector_env(spec, settings.seed))
     eval_env = make_vector_env(spec, settings.seed)
+    stop = GracefulStop()
     try:
         if state is not None:
             model = MTSAC.from_state(state, env, settings.device, source=str(checkpoint))
@@ -197,7 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             return evaluate(policy_fn, spec, settings.eval_episodes, seed, env=eval_env)
 
         callbacks = [
-            GracefulStop(),
+            stop,
             EvaluationCallback(evaluate_policy, settings.eval_every),
             CheckpointCallback(
                 run_dir,
@@ -220,6 +221,7 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             write_finished(run_dir, settings.total_steps, model.num_timesteps)
         return model
     finally:
+        stop.restore()  # the signals' own handlers again, also after a failure
         env.close()
         eval_env.close()
 

@@ -26,7 +26,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 
 from mtrl.agents.mtsac import MTSAC
@@ -138,8 +138,9 @@ def history(previous: dict[str, Any], current: dict[str, Any], vector_step: int)
     return changes
 
 
-def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
-    """Train (or resume) one run into ``run_dir`` and return the trained model."""
+def run(cfg: DictConfig, run_dir: Path, callbacks: list[BaseCallback] = ()) -> MTSAC:
+    """Train (or resume) one run into ``run_dir`` and return the trained model; ``callbacks``
+    run after the run's own (evaluation, checkpoints), as SB3 callbacks."""
     resuming = cfg.resume is not None
     settings = train_settings(cfg)
     state, record = None, protocol(settings)
@@ -197,7 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             seed = evaluation_seed(settings.seed, vector_step)
             return evaluate(policy_fn, spec, settings.eval_episodes, seed, env=eval_env)
 
-        callbacks = [
+        own = [
             stop,
             EvaluationCallback(evaluate_policy, settings.eval_every),
             CheckpointCallback(
@@ -208,11 +209,13 @@ def run(cfg: DictConfig, run_dir: Path) -> MTSAC:
             ),
         ]
         if cfg.progress_bar:
-            callbacks.append(ProgressBarCallback(settings.total_env_steps))
+            own.append(ProgressBarCallback(settings.total_env_steps))
         remaining = settings.total_env_steps - model.num_timesteps
         if remaining > 0:
             model.learn(
-                remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resuming
+                remaining,
+                callback=CallbackList([*own, *callbacks]),
+                reset_num_timesteps=not resuming,
             )
         if model.stop_requested:
             steps = model.num_timesteps // spec.num_tasks

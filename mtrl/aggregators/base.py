@@ -77,11 +77,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_aggregator(name: str, **hparams: Any) -> Aggregator:
-    """Build a method from its config name and hyperparameters; errors say what is valid."""
+def aggregator_class(name: str) -> type[Aggregator]:
+    """The method registered under a config name; the error lists the valid names."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(available())}")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def make_aggregator(name: str, **hparams: Any) -> Aggregator:
+    """Build a method from its config name and hyperparameters; errors say what is valid."""
+    cls = aggregator_class(name)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(hparams) - fields)
     if unknown:

@@ -22,6 +22,9 @@ class Seeded:
     _generator: torch.Generator
 
     def _start_generator(self) -> None:
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"{self.name}: seed must be null or an integer >= 0, got {seed!r}")
         self._generator = torch.Generator()
         Seeded.reset(self)
 

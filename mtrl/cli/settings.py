@@ -1,7 +1,10 @@
-"""Checks a composed training config and turns it into the objects a run is built from.
+"""Turns a composed training config into the objects a run is built from.
 
-Everything a user can get wrong on the command line is caught here, before any environment is
-built, with a message that names the key and what is valid.
+Types, ranges and choices of every key are declared in :mod:`mtrl.cli.schema`; what is checked
+here is what one key alone cannot say (a layer index within the network's depth, bounds in
+order, a method that needs per-task gradients), and what other code owns (the benchmark's
+choices, each method's hyperparameters, the devices this machine has). Everything runs before
+any environment is built, with a message that names the key and what is valid.
 """
 
 from __future__ import annotations
@@ -12,14 +15,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtrl.agents.mtsac import GRADIENT_MODES
-from mtrl.agents.policies import OPTIMIZERS
 from mtrl.aggregators import make_aggregator
+from mtrl.cli.schema import ConfigError, validate
 from mtrl.envs.benchmarks import BenchmarkSpec
 
-
-class ConfigError(ValueError):
-    """A config value that cannot be run, with what is valid instead."""
+__all__ = ["ConfigError", "TrainSettings", "integer", "resolve_device", "train_settings"]
 
 
 def integer(key: str, value: Any, minimum: int) -> int:
@@ -27,30 +27,6 @@ def integer(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _number(key: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if value < low or value > high or (open_low and value == low):
-        bracket = "(" if open_low else "["
-        raise ConfigError(f"{key} must be in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not valid; valid values: {', '.join(valid)}")
-    return value
-
-
-def _layers(key: str, value: Any, depth: int) -> list[int]:
-    """Layer indices of a network with ``depth`` layers (0 is the first, depth-1 the output)."""
-    if not isinstance(value, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in value
-    ):
-        raise ConfigError(f"{key} must list layer indices from 0 to {depth - 1}, got {value!r}")
-    return list(value)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -90,73 +66,74 @@ class TrainSettings:
         return self.total_steps * self.benchmark.num_tasks
 
 
-def agent_kwargs(agent: dict[str, Any], num_tasks: int) -> dict[str, Any]:
-    """MTSAC's constructor arguments from the ``agent`` config group, checked."""
-    net_arch = agent["net_arch"]
-    if not isinstance(net_arch, list) or not net_arch:
+def _layers(key: str, value: list[int], depth: int) -> list[int]:
+    """Layer indices of a network with ``depth`` layers (0 is the first, depth-1 the output)."""
+    if any(index >= depth for index in value):
+        raise ConfigError(f"{key} must list layer indices from 0 to {depth - 1}, got {value!r}")
+    return list(value)
+
+
+def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[str, Any]:
+    """MTSAC's constructor arguments from the (validated) ``agent`` config group."""
+    depth = len(agent["net_arch"]) + 1  # hidden layers and the output layer
+    low, high = agent["log_std_bounds"][:2]
+    if len(agent["log_std_bounds"]) != 2 or not low < high:
         raise ConfigError(
-            f"agent.net_arch must be a non-empty list of layer sizes, got {net_arch!r}"
+            f"agent.log_std_bounds must be [low, high] with low < high, got "
+            f"{agent['log_std_bounds']}"
         )
-    for size in net_arch:
-        integer("agent.net_arch entries", size, 1)
-    depth = len(net_arch) + 1  # hidden layers and the output layer
-    low, high = agent["log_std_bounds"]
-    if not low < high:
+    if agent["buffer_size"] < num_tasks:
         raise ConfigError(
-            f"agent.log_std_bounds must be [low, high] with low < high, got {[low, high]}"
+            f"agent.buffer_size={agent['buffer_size']} holds fewer transitions than the "
+            f"{num_tasks} tasks; it counts transitions over all tasks"
         )
-    per_task = integer("agent.batch_size_per_task", agent["batch_size_per_task"], 1)
-    buffer_size = integer("agent.buffer_size", agent["buffer_size"], num_tasks)
-    warmup = integer("agent.warmup_steps", agent["warmup_steps"], 0)
     return {
-        "learning_rate": _number(
-            "agent.learning_rate", agent["learning_rate"], 0, 1, open_low=True
-        ),
-        "gamma": _number("agent.gamma", agent["gamma"], 0, 1),
-        "tau": _number("agent.tau", agent["tau"], 0, 1, open_low=True),
-        "batch_size": per_task * num_tasks,
-        "buffer_size": buffer_size,
-        "learning_starts": warmup * num_tasks,
-        "gradient_steps": integer("agent.gradient_steps", agent["gradient_steps"], 1),
-        "initial_alpha": _number(
-            "agent.initial_alpha", agent["initial_alpha"], 0, 1e6, open_low=True
-        ),
-        "compile_aggregator": bool(agent["compile_aggregator"]),
-        "recon_threshold": _number("agent.recon_threshold", agent["recon_threshold"], -1, 0),
-        "per_task_gradients": _choice(
-            "agent.per_task_gradients", agent["per_task_gradients"], GRADIENT_MODES
-        ),
+        "learning_rate": float(agent["learning_rate"]),
+        "gamma": float(agent["gamma"]),
+        "tau": float(agent["tau"]),
+        "batch_size": agent["batch_size_per_task"] * num_tasks,
+        "buffer_size": agent["buffer_size"],
+        "learning_starts": agent["warmup_steps"] * num_tasks,
+        "gradient_steps": agent["gradient_steps"],
+        "initial_alpha": float(agent["initial_alpha"]),
+        "compile_aggregator": agent["compile_aggregator"],
+        "recon_threshold": float(agent["recon_threshold"]),
+        "per_task_gradients": agent["per_task_gradients"],
         "policy_kwargs": {
-            "net_arch": list(net_arch),
-            "multi_head": bool(agent["multi_head"]),
+            "net_arch": list(agent["net_arch"]),
+            "multi_head": agent["multi_head"],
             "actor_task_layers": _layers(
                 "agent.actor_task_layers", agent["actor_task_layers"], depth
             ),
             "critic_task_layers": _layers(
                 "agent.critic_task_layers", agent["critic_task_layers"], depth
             ),
-            "n_critics": integer("agent.n_critics", agent["n_critics"], 1),
+            "n_critics": agent["n_critics"],
             "log_std_bounds": [float(low), float(high)],
+            "optimizer": optimizer,
         },
     }
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
-    """Validate a composed ``train`` config; raises :class:`ConfigError` or ``ValueError``."""
+    """Validate a composed ``train`` config; raises :class:`ConfigError`."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    validate(container)
     method = dict(container["method"])
     name = method.pop("name")
     try:
         benchmark = BenchmarkSpec(**container["benchmark"])
-        aggregator = make_aggregator(name, **method)  # unknown names and bad values fail here
+    except ValueError as error:
+        raise ConfigError(f"benchmark: {error}") from error
+    try:
+        aggregator = make_aggregator(name, **method)  # each method checks its own values
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
-    agent = agent_kwargs(container["agent"], benchmark.num_tasks)
-    agent["policy_kwargs"]["optimizer"] = _choice("optimizer", container["optimizer"], OPTIMIZERS)
+    agent = agent_kwargs(container["agent"], benchmark.num_tasks, container["optimizer"])
     if agent["per_task_gradients"] == "none" and aggregator.needs_gram:
         raise ConfigError(
             f"method {name!r} combines per-task gradients: agent.per_task_gradients must be "
-            "vmap or loop"
+            "grouped, vmap or loop"
         )
     evaluation, checkpoint = container["eval"], container["checkpoint"]
     return TrainSettings(
@@ -164,12 +141,12 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         method=name,
         method_kwargs=method,
         agent_kwargs=agent,
-        seed=integer("seed", container["seed"], 0),
+        seed=container["seed"],
         device=resolve_device(str(container["device"])),
-        total_steps=integer("total_steps", container["total_steps"], 1),
-        eval_every=integer("eval.every", evaluation["every"], 1),
-        eval_episodes=integer("eval.episodes", evaluation["episodes"], 1),
-        checkpoint_every=integer("checkpoint.every", checkpoint["every"], 1),
-        checkpoint_keep=integer("checkpoint.keep", checkpoint["keep"], 1),
-        checkpoint_replay_buffer=bool(checkpoint["replay_buffer"]),
+        total_steps=container["total_steps"],
+        eval_every=evaluation["every"],
+        eval_episodes=evaluation["episodes"],
+        checkpoint_every=checkpoint["every"],
+        checkpoint_keep=checkpoint["keep"],
+        checkpoint_replay_buffer=checkpoint["replay_buffer"],
     )

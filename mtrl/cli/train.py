@@ -38,6 +38,7 @@ from mtrl.callbacks import (
     ProgressBarCallback,
 )
 from mtrl.checkpoint import CheckpointError, RunWriteError, load_state, write_text_atomic
+from mtrl.cli import schema
 from mtrl.cli.settings import ConfigError, TrainSettings, train_settings
 from mtrl.envs.benchmarks import make_vector_env
 from mtrl.envs.evaluation import evaluate, evaluation_seed
@@ -56,6 +57,7 @@ from mtrl.runs import (
 RESUMABLE_OVERRIDES = ("total_steps", "device", "progress_bar", "verbose", "resume", "threads")
 PACKAGES = ("mtrl", "torch", "metaworld", "mujoco", "gymnasium", "stable-baselines3", "numpy")
 
+schema.register()
 # `hydra.run.dir` is the stopped run's own directory when `resume` is given.
 OmegaConf.register_new_resolver(
     "or_default", lambda value, default: default if value is None else value, replace=True
@@ -138,11 +140,15 @@ def history(previous: dict[str, Any], current: dict[str, Any], vector_step: int)
     return changes
 
 
-def run(cfg: DictConfig, run_dir: Path, callbacks: list[BaseCallback] = ()) -> MTSAC:
+def run(
+    cfg: DictConfig, run_dir: Path, callbacks: list[BaseCallback] = (), jobs: int | None = None
+) -> MTSAC:
     """Train (or resume) one run into ``run_dir`` and return the trained model; ``callbacks``
-    run after the run's own (evaluation, checkpoints), as SB3 callbacks."""
+    run after the run's own (evaluation, checkpoints), as SB3 callbacks; ``jobs`` runs share the
+    machine (see :func:`set_threads`)."""
     resuming = cfg.resume is not None
     settings = train_settings(cfg)
+    set_threads(cfg.threads, jobs)
     state, record = None, protocol(settings)
     if resuming:
         checkpoint = latest_checkpoint(run_dir)
@@ -257,14 +263,19 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
     return resume_config(cfg, run_dir, changed)
 
 
-def set_threads(cfg: DictConfig, hydra_config: Any) -> None:
+def parallel_jobs(hydra_config: Any) -> int | None:
+    """How many jobs the launcher runs side by side on this machine (joblib's ``n_jobs``)."""
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return None
+    return hydra_config.launcher.get("n_jobs")
+
+
+def set_threads(threads: int | None, jobs: int | None) -> None:
     """Share the CPU between the jobs a launcher runs side by side on one machine.
 
     Every job using every core makes OpenMP threads fight for them, which slows all jobs
     down far more than splitting the cores does.
     """
-    threads = cfg.threads
-    jobs = hydra_config.launcher.get("n_jobs") if hydra_config.mode == RunMode.MULTIRUN else None
     if threads is None and jobs is not None:
         cores = os.cpu_count() or 1
         workers = jobs if jobs > 0 else cores + 1 + jobs  # joblib's count: -1 is every core
@@ -289,9 +300,8 @@ def main(cfg: DictConfig) -> None:
             cfg = restarted_job(cfg, run_dir)
             if cfg is None:
                 return
-        set_threads(cfg, hydra_config)
         retain_freed_memory()
-        run(cfg, run_dir)
+        run(cfg, run_dir, jobs=parallel_jobs(hydra_config))
     except (ConfigError, CheckpointError) as error:
         print(f"mtrl-train: {error}", file=sys.stderr)
         sys.exit(2)

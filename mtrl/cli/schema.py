@@ -1,0 +1,214 @@
+"""The training config's schema: every key's type, default range and valid values, declared once.
+
+Hydra composes ``configs/train.yaml`` onto :class:`TrainConfig` (and each method's config onto a
+schema made from the method's own dataclass), so a value of the wrong type is refused while the
+command line is read, naming the key (``full_key: method.alpha``). :func:`validate` then checks
+the declared ranges and choices, before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from mtrl.agents.mtsac import GRADIENT_MODES
+from mtrl.agents.policies import OPTIMIZERS
+from mtrl.aggregators import available
+from mtrl.aggregators.base import aggregator_class
+from mtrl.envs.benchmarks import (
+    BENCHMARKS,
+    GOAL_MODES,
+    MAX_EPISODE_LENGTH,
+    REWARD_VERSIONS,
+    VECTOR_STRATEGIES,
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be run, with what is valid instead."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Numbers from ``low`` to ``high`` (either may be open or absent); ``integer`` refuses
+    fractions, ``optional`` admits null."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            text = f"{kind} in {left}{self.low}, {self.high}{right}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.open_low else '>='} {self.low}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.open_high else '<='} {self.high}"
+        else:
+            text = kind
+        return f"null or {text}" if self.optional else text
+
+    def holds(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or (
+            value < self.high or (not self.open_high and value == self.high)
+        )
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few names."""
+
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def holds(self, value: Any) -> bool:
+        return value in self.values
+
+
+@dataclass(frozen=True)
+class Each:
+    """A list whose entries each satisfy ``rule`` (and that has at least ``least`` of them)."""
+
+    rule: Interval
+    least: int = 0
+
+    def describe(self) -> str:
+        many = f"at least {self.least} " if self.least else ""
+        return f"a list of {many}entries, each {self.rule.describe()}"
+
+    def holds(self, value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) >= self.least
+            and all(self.rule.holds(entry) for entry in value)
+        )
+
+
+Rule = Interval | OneOf | Each
+COUNT = Interval(low=1, integer=True)  # an integer >= 1
+
+
+def valid(default: Any, rule: Rule) -> Any:
+    """A dataclass field with a default and the rule its values must satisfy."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"valid": rule})
+    return field(default=default, metadata={"valid": rule})
+
+
+@dataclass
+class BenchmarkConfig:
+    # The task, which depends on the benchmark, is checked by BenchmarkSpec when it is built.
+    name: str = valid("mt10", OneOf(BENCHMARKS))
+    task: str | None = None
+    reward_version: str = valid("v2", OneOf(REWARD_VERSIONS))
+    goal_mode: str = valid("resample", OneOf(GOAL_MODES))
+    episode_length: int = valid(500, Interval(1, MAX_EPISODE_LENGTH, integer=True))
+    vector_strategy: str = valid("sync", OneOf(VECTOR_STRATEGIES))
+
+
+@dataclass
+class AgentConfig:
+    net_arch: list[int] = valid([400, 400, 400], Each(COUNT, least=1))
+    multi_head: bool = False
+    actor_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
+    critic_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
+    n_critics: int = valid(2, COUNT)
+    log_std_bounds: list[float] = valid([-20.0, 2.0], Each(Interval(), least=2))
+    learning_rate: float = valid(3e-4, Interval(0, 1, open_low=True))
+    gamma: float = valid(0.99, Interval(0, 1))
+    tau: float = valid(0.005, Interval(0, 1, open_low=True))
+    batch_size_per_task: int = valid(128, COUNT)
+    buffer_size: int = valid(1_000_000, COUNT)
+    warmup_steps: int = valid(1500, Interval(low=0, integer=True))
+    gradient_steps: int = valid(1, COUNT)
+    initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
+    per_task_gradients: str = valid("grouped", OneOf(GRADIENT_MODES))
+    compile_aggregator: bool = False
+    recon_threshold: float = valid(0.0, Interval(-1, 0))
+
+
+@dataclass
+class EvalConfig:
+    every: int = valid(50_000, COUNT)
+    episodes: int = valid(50, COUNT)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = valid(50_000, COUNT)
+    keep: int = valid(2, COUNT)
+    replay_buffer: bool = True
+
+
+@dataclass
+class TrainConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    method: Any = MISSING  # typed by the method's own schema (method_schema)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    seed: int = valid(0, Interval(low=0, integer=True))
+    device: str = "auto"  # checked by resolve_device: auto, cpu, cuda, cuda:N
+    optimizer: str = valid("adam", OneOf(OPTIMIZERS))
+    total_steps: int = valid(2_000_000, COUNT)
+    resume: str | None = None
+    sweep: str | None = None
+    threads: int | None = valid(None, Interval(low=1, integer=True, optional=True))
+    progress_bar: bool = True
+    verbose: int = valid(0, Interval(0, 2, integer=True))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def method_schema(name: str) -> type:
+    """A dataclass with the method's config name and its hyperparameters, typed as the method
+    declares them (the method checks their ranges itself when it is built)."""
+    cls = aggregator_class(name)
+    hints = typing.get_type_hints(cls)
+    fields = [("name", str, field(default=name))]
+    for spec in dataclasses.fields(cls):
+        if spec.init:
+            fields.append((spec.name, hints[spec.name], field(default=spec.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+
+
+def register() -> None:
+    """Put the schemas in Hydra's config store: ``train_schema`` for ``configs/train.yaml``
+    and ``<method>_schema`` in the method group for each ``configs/method/<method>.yaml``."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name in available():
+        store.store(group="method", name=f"{name}_schema", node=method_schema(name))
+
+
+def validate(config: dict[str, Any], schema: type = TrainConfig, prefix: str = "") -> None:
+    """Check every value of a composed config (as plain data) against its declared rule."""
+    hints = typing.get_type_hints(schema)
+    for spec in dataclasses.fields(schema):
+        key, value = f"{prefix}{spec.name}", config.get(spec.name)
+        rule = spec.metadata.get("valid")
+        if rule is not None and not rule.holds(value):
+            raise ConfigError(f"{key}={value!r} is not valid: it must be {rule.describe()}")
+        if dataclasses.is_dataclass(hints[spec.name]):
+            validate(value, hints[spec.name], f"{key}.")

@@ -1,0 +1,125 @@
+"""Every key of the training config refuses a value of the wrong type and a value out of its
+range with a message that names the key and the value, before anything is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from mtrl.aggregators import available
+from mtrl.aggregators.base import aggregator_class
+from mtrl.cli.schema import Each, Interval, OneOf, TrainConfig
+from mtrl.cli.settings import ConfigError, train_settings
+from tests.cli.conftest import train_config
+
+WRONG_TYPE = {int: "abc", float: "abc", bool: "maybe", list: "abc"}
+# Keys whose values are free text that other code checks, with a bad value and what it says.
+CHECKED_ELSEWHERE = {
+    "device": ("tpu7", "device='tpu7' is not a device; valid: auto, cpu, cuda, cuda:N"),
+    "benchmark.task": ("reach-v3", "'mt10' has a fixed task set, so task='reach-v3'"),
+}
+FREE_TEXT = {"resume", "sweep"}  # names: any text is one
+
+
+def leaves(schema: type, prefix: str = ""):
+    """(key, type, rule) of every leaf of the schema; ``method`` has schemas of its own."""
+    hints = typing.get_type_hints(schema)
+    for spec in dataclasses.fields(schema):
+        kind = hints[spec.name]
+        if dataclasses.is_dataclass(kind):
+            yield from leaves(kind, f"{prefix}{spec.name}.")
+        elif spec.name != "method":
+            yield f"{prefix}{spec.name}", kind, spec.metadata.get("valid")
+
+
+def base_type(kind) -> type:
+    options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    return typing.get_origin(options[0]) or options[0]
+
+
+def out_of_range(rule) -> str:
+    """A command-line value that breaks ``rule``."""
+    if isinstance(rule, OneOf):
+        return "abc"
+    if isinstance(rule, Each):
+        return "[" + ",".join(["1"] * max(rule.least - 1, 0)) + "]" if rule.least else "[-1]"
+    if rule.low is not None:
+        return str(rule.low if rule.open_low else rule.low - 1)
+    return str(rule.high + 1)
+
+
+def refusal(*overrides: str) -> str:
+    """The message with which composing or checking the config refuses ``overrides``."""
+    with pytest.raises((ConfigCompositionException, ConfigError)) as error:
+        train_settings(train_config(*overrides))
+    return f"{error.value} {error.value.__cause__ or ''}"
+
+
+def schema_cases():
+    for key, kind, rule in leaves(TrainConfig):
+        wrong = WRONG_TYPE.get(base_type(kind))
+        if wrong is not None:
+            yield pytest.param(f"{key}={wrong}", (key, wrong), id=f"{key}-type")
+        if rule is not None:
+            value = out_of_range(rule)
+            # lists come back with their entries converted ([1] as [1.0]): the key says enough
+            shown = {Each: f"{key}=", OneOf: f"{key}='{value}'"}.get(type(rule), f"{key}={value}")
+            yield pytest.param(f"{key}={value}", (shown, "is not valid"), id=f"{key}-range")
+        elif key in CHECKED_ELSEWHERE:
+            value, message = CHECKED_ELSEWHERE[key]
+            yield pytest.param(f"{key}={value}", (message,), id=f"{key}-value")
+        else:
+            assert key in FREE_TEXT or base_type(kind) is bool, f"{key} is never checked"
+
+
+@pytest.mark.parametrize(("override", "expected"), list(schema_cases()))
+def test_every_key_refuses_a_bad_value_by_name(override, expected):
+    message = refusal(override)
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def method_cases():
+    for name in available():
+        hints = typing.get_type_hints(aggregator_class(name))
+        for spec in dataclasses.fields(aggregator_class(name)):
+            if spec.init:
+                yield pytest.param(name, spec.name, hints[spec.name], id=f"{name}.{spec.name}")
+
+
+@pytest.mark.parametrize(("method", "key", "kind"), list(method_cases()))
+def test_every_method_hyperparameter_refuses_a_bad_value_by_name(method, key, kind):
+    if base_type(kind) is not str:
+        message = refusal(f"method={method}", f"method.{key}=abc")
+        assert f"full_key: method.{key}" in message and "'abc'" in message
+    # a value outside the method's own range: the method names itself, the key and the value
+    for value in ("nan", "-1000000", "1000000", "-1", "0", "abc"):
+        if base_type(kind) is int and value == "nan":
+            continue
+        try:
+            train_settings(train_config(f"method={method}", f"method.{key}={value}"))
+        except (ConfigCompositionException, ConfigError) as error:
+            message = str(error)
+            assert f"{method}: {key} must be" in message and "got" in message, message
+            break
+    else:
+        pytest.fail(f"method.{key} of {method} accepted every value tried")
+
+
+def test_a_resumed_directory_that_is_no_run_says_so(tmp_path):
+    from mtrl.checkpoint import CheckpointError
+    from mtrl.cli.train import resume_config
+
+    with pytest.raises(CheckpointError, match=r"is not a run directory: it has no config\.yaml"):
+        resume_config(train_config(f"resume={tmp_path}"), tmp_path, {"resume"})
+
+
+def test_the_schema_rules_describe_what_they_hold():
+    assert Interval(0, 1, open_low=True).describe() == "a number in (0, 1]"
+    assert Interval(low=1, integer=True, optional=True).describe() == "null or an integer >= 1"
+    assert not Interval(0, 1).holds(math.nan) and not Interval(low=1, integer=True).holds(1.5)
+    assert Each(Interval(low=1), least=1).holds([3]) and not Each(Interval(low=1)).holds([0])

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtrl.jacobian import task_gram
+
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 LOG_TWO = math.log(2.0)
 
@@ -79,6 +81,42 @@ class EnsembleLinear(nn.Module):
             "bias": bias.transpose(0, 1).unsqueeze(2),
         }
 
+    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+        """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them.
+
+        The weight gradients are formed a block of output columns at a time, each block no
+        larger than the layer's weights (``K`` tasks × ``fan_in`` × ``fan_out / K``), and the
+        blocks' Gram matrices are summed.
+        """
+        members, rows, fan_in = inputs.shape
+        fan_out = output_grads.shape[-1]
+        h = inputs.reshape(members * tasks, rows // tasks, fan_in).transpose(1, 2)
+        delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
+        bias = delta.sum(dim=1).view(members, tasks, fan_out)
+        gram = torch.bmm(bias, bias.transpose(1, 2)).sum(dim=0)
+        width = max(1, fan_out // tasks)
+        for start in range(0, fan_out, width):
+            block = torch.bmm(h, delta[:, :, start : start + width])  # [E·K, in, width]
+            block = block.view(members, tasks, fan_in, -1).transpose(0, 1)
+            gram = gram + task_gram(block)
+        return gram
+
+    def combined_gradients(self, inputs: Tensor, output_grads: Tensor, row_weights: Tensor):
+        """The gradient of ``Σ_k w_k L_k`` for this shared layer from the inputs and output
+        gradients of ``Σ_k L_k``: each row's output gradient weighted by its task's ``w_k``
+        (``row_weights``, one per row), then one product with the inputs."""
+        members, _, fan_in = inputs.shape
+        fan_out = output_grads.shape[-1]
+        if fan_in < fan_out:
+            weight = torch.bmm((inputs * row_weights[:, None]).transpose(1, 2), output_grads)
+        else:
+            weight = torch.bmm(inputs.transpose(1, 2), output_grads * row_weights[:, None])
+        bias = torch.einsum("n,eno->eo", row_weights, output_grads)
+        return {
+            "weight": weight.view(members, 1, fan_in, fan_out),
+            "bias": bias.view(members, 1, 1, fan_out),
+        }
+
 
 class EnsembleMLP(nn.Module):
     """``members`` ReLU MLPs of the same shape, evaluated with one batched product per layer.
@@ -126,6 +164,10 @@ class EnsembleMLP(nn.Module):
     def task_specific_parameters(self) -> list[str]:
         return [name for i in self.task_layers for name in self.layer_parameters()[i]]
 
+    def shared_layers(self) -> dict[str, EnsembleLinear]:
+        """The layers every task shares, named ``layer<i>`` (0 is the first)."""
+        return {f"layer{i}": layer for i, layer in enumerate(self.layers) if layer.shared}
+
     def forward(self, x: Tensor, task_onehot: Tensor, layout: str = "mixed") -> Tensor:
         """``x`` of shape ``[..., in]`` → ``[members, ..., out]``."""
         lead = x.shape[:-1]
@@ -138,7 +180,35 @@ class EnsembleMLP(nn.Module):
         return h.view(self.members, *lead, h.shape[-1])
 
 
-class Actor(nn.Module):
+class MultiTaskNetwork(nn.Module):
+    """A network whose parameters are either shared by every task or one task's own.
+
+    A submodule with ``shared = False`` holds task-specific parameters (one copy per task, each
+    reached by its own task only); every other parameter is shared. Shared layers that can form
+    per-task gradients from a grouped batch (``per_task_gradients``, ``task_gram``,
+    ``combined_gradients``) are listed by :meth:`shared_layers`, which names them for the
+    per-layer conflict statistics.
+    """
+
+    def shared_layers(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def task_specific_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameter name (as in ``named_parameters``) → parameter, for the tasks' own."""
+        own = {
+            id(p)
+            for module in self.modules()
+            if getattr(module, "shared", True) is False
+            for p in module.parameters(recurse=False)
+        }
+        return {name: p for name, p in self.named_parameters() if id(p) in own}
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        own = self.task_specific_parameters()
+        return {name: p for name, p in self.named_parameters() if name not in own}
+
+
+class Actor(MultiTaskNetwork):
     """Tanh-squashed Gaussian policy with a log standard deviation bounded by a tanh."""
 
     def __init__(
@@ -178,8 +248,11 @@ class Actor(nn.Module):
     def deterministic(self, obs: Tensor) -> Tensor:
         return torch.tanh(self.distribution(obs)[0])
 
+    def shared_layers(self) -> dict[str, nn.Module]:
+        return self.net.shared_layers()
 
-class Critic(nn.Module):
+
+class Critic(MultiTaskNetwork):
     """``n_critics`` Q-functions evaluated as one ensemble: ``Q(s, a)`` of shape ``[n, ...]``."""
 
     def __init__(
@@ -206,3 +279,6 @@ class Critic(nn.Module):
     def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:
         onehot = obs[..., -self.num_tasks :]
         return self.net(torch.cat([obs, action], dim=-1), onehot, layout)[..., 0]
+
+    def shared_layers(self) -> dict[str, nn.Module]:
+        return self.net.shared_layers()

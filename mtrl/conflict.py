@@ -6,9 +6,12 @@ Everything stays a tensor on the device: callers convert to numbers only when th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from mtrl.stats import DeviceMeans, PendingRows
 
 # Cosines within this of zero count as orthogonal: float rounding, not conflict.
 CONFLICT_TOLERANCE = 1e-6
@@ -149,3 +152,88 @@ class LayerConflicts:
             raise ValueError(f"conflict counts for layers {state['layers']}, not {self.layers}")
         self.threshold, self.counts = state["threshold"], state["counts"]
         self.pairs = state["pairs"]
+
+
+class ConflictRecorder:
+    """Gradient-conflict statistics of one network's steps, for TensorBoard.
+
+    It takes each step's result (:class:`mtrl.backward.StepResult`) and keeps the Gram
+    matrices of recent steps in rows allocated once (:class:`mtrl.stats.PendingRows`), because
+    their statistics cost some forty small operations per step and far less computed for
+    ``batch`` steps at once. Everything stays on the device until :meth:`means` is read.
+
+    Logged as ``grad/<name>/...`` (pairs in conflict, least cosine, tasks the update conflicts
+    with, its norm against the mean gradient's, the task weights), ``grad/<name>/cos/<a>/<b>``
+    for every task pair (:meth:`pairwise_means`, read less often) and ``recon/<name>/<layer>``,
+    Recon's per-layer conflict scores.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task_names: list[str],
+        layer_names: list[str],
+        threshold: float = 0.0,
+        device: torch.device | str | None = None,
+        batch: int = 256,
+    ) -> None:
+        self.name, self.task_names = name, list(task_names)
+        self.layers = LayerConflicts(layer_names, threshold)
+        self.stats, self.pairwise = DeviceMeans(device), DeviceMeans(device)
+        self.pending = PendingRows(batch, device)
+        size = len(task_names)
+        first, second = torch.triu_indices(size, size, offset=1).tolist()
+        self._pairs = (first, second)
+        self._pair_labels = [
+            f"{task_names[i]}/{task_names[j]}" for i, j in zip(first, second, strict=True)
+        ]
+
+    def add(self, result: Any) -> None:
+        """Count one step; a step that was skipped counts in no statistic."""
+        if result.gram is None:  # no per-task gradients: the weights are all there is
+            weights = result.weights.to(torch.float64)
+            self.stats.add(f"grad/{self.name}/weight", weights, self.task_names, result.finite)
+            return
+        if self.pending.append(result.gram, result.weights, result.layer_grams, result.finite):
+            self.flush()
+
+    def flush(self) -> None:
+        """Turn the pending steps' Gram matrices into statistics, all in one batch."""
+        if not self.pending.filled:
+            return
+        grams, weights, layer_grams, ok = self.pending.take()
+        stats = conflict_stats(grams, weights)
+        prefix = f"grad/{self.name}"
+        for key in ("conflicting_pairs", "cos_min", "update_conflicts", "update_norm_ratio"):
+            self.stats.add_batch(f"{prefix}/{key}", getattr(stats, key), weights=ok)
+        self.stats.add_batch(f"{prefix}/weight", stats.weights, self.task_names, weights=ok)
+        first, second = self._pairs
+        cosines = stats.cosines[:, first, second]
+        self.pairwise.add_batch(f"{prefix}/cos", cosines, self._pair_labels, weights=ok)
+        fractions = self.layers.add(layer_grams, weight=ok)
+        self.stats.add_batch(f"recon/{self.name}", fractions, self.layers.layers, weights=ok)
+
+    def means(self) -> dict[str, float]:
+        """Every statistic's mean since the last call (one read from the device)."""
+        self.flush()
+        return self.stats.pop()
+
+    def pairwise_means(self) -> dict[str, float]:
+        """The mean cosine of every task pair since the last call: K(K−1)/2 numbers, too many
+        to log at every dump on MT50, so callers read them less often."""
+        self.flush()
+        return self.pairwise.pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers.state_dict(),
+            "stats": self.stats.state_dict(),
+            "pairwise": self.pairwise.state_dict(),
+            "pending": self.pending.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers.load_state_dict(state["layers"])
+        self.stats.load_state_dict(state["stats"])
+        self.pairwise.load_state_dict(state["pairwise"])
+        self.pending.load_state_dict(state["pending"])

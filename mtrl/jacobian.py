@@ -19,6 +19,7 @@ returns ``(losses, aux)``. With ``layout="single"`` the task inputs are one task
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +47,68 @@ def per_task_gradients(
     return per_task(detached, *task_inputs, *shared_inputs, "single")
 
 
+@dataclasses.dataclass
+class GroupedPass:
+    """One forward and backward pass over a grouped ``[K, B, ...]`` batch.
+
+    ``layers`` holds, for each shared layer (by its label), its inputs and the gradients of
+    ``Σ_k L_k`` with respect to its outputs, ``[members, K·B, ...]`` with task k's rows
+    together: task k's rows of the output gradients are those of its own loss, so each shared
+    layer can form per-task gradients from them. ``own`` holds the gradients of the mean loss
+    with respect to the task-specific parameters (each task reaches only its own copy).
+    """
+
+    losses: Tensor
+    aux: Any
+    layers: dict[str, tuple[nn.Module, Tensor, Tensor]]
+    own: dict[str, Tensor]
+
+
+def grouped_pass(
+    loss_fn: TaskLoss,
+    network: nn.Module,
+    params: Mapping[str, Tensor],
+    task_inputs: tuple[Tensor, ...],
+    shared_inputs: tuple[Any, ...] = (),
+    retain_graph: bool = False,
+) -> GroupedPass:
+    """Run ``loss_fn`` once on the grouped batch and backpropagate ``Σ_k L_k`` once, asking only
+    for the gradients of the shared layers' outputs and of the task-specific parameters.
+
+    ``network`` lists its shared layers (``shared_layers()``) and task-specific parameters
+    (``task_specific_parameters()``), see :class:`mtrl.agents.networks.MultiTaskNetwork`.
+    """
+    watched = network.shared_layers()
+    seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def watch(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if module in seen:
+            raise RuntimeError("a layer ran twice in one loss: per-task gradients are ambiguous")
+        seen[module] = (args[0], output)
+
+    handles = [layer.register_forward_hook(watch) for layer in watched.values()]
+    try:
+        losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+    finally:
+        for handle in handles:
+            handle.remove()
+    ran = {label: layer for label, layer in watched.items() if layer in seen}
+    own_names = list(network.task_specific_parameters())
+    grads = torch.autograd.grad(
+        losses.sum(),
+        [seen[layer][1] for layer in ran.values()] + [params[n] for n in own_names],
+        retain_graph=retain_graph,
+    )
+    tasks = losses.shape[0]
+    layers = {
+        # inputs are data from here on: keep no graph alive through them
+        label: (layer, seen[layer][0].detach(), output_grads)
+        for (label, layer), output_grads in zip(ran.items(), grads[: len(ran)], strict=True)
+    }
+    own = {name: grad / tasks for name, grad in zip(own_names, grads[len(ran) :], strict=True)}
+    return GroupedPass(losses, aux, layers, own)
+
+
 def per_task_gradients_grouped(
     loss_fn: TaskLoss,
     network: nn.Module,
@@ -55,45 +118,19 @@ def per_task_gradients_grouped(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Any]:
     """Per-task gradients from one forward and one backward pass over the grouped batch.
 
-    Every submodule of ``network`` with a ``per_task_gradients(inputs, output_grads, tasks)``
-    method and a ``shared`` flag is watched during the forward pass; the backward pass asks
-    only for the gradients of their outputs, from which each shared layer forms its per-task
-    gradients. Task-specific layers get their ordinary gradient, averaged over tasks (each task
-    reaches only its own copy).
-
     Returns ``(shared, own, aux)``: per-task gradients ``[K, *shape]`` of the shared
-    parameters, mean gradients of the task-specific ones, and ``loss_fn``'s auxiliary output.
+    parameters (formed by each shared layer from its inputs and output gradients), mean
+    gradients of the task-specific ones, and ``loss_fn``'s auxiliary output.
     """
+    grouped = grouped_pass(loss_fn, network, params, task_inputs, shared_inputs)
     prefixes = {module: name for name, module in network.named_modules()}
-    layers = [m for m in network.modules() if hasattr(m, "per_task_gradients")]
-    seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-
-    def watch(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if module in seen:
-            raise RuntimeError("a layer ran twice in one loss: per-task gradients are ambiguous")
-        seen[module] = (args[0], output)
-
-    handles = [layer.register_forward_hook(watch) for layer in layers]
-    try:
-        losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
-    finally:
-        for handle in handles:
-            handle.remove()
-    shared = [m for m in layers if m.shared and m in seen]
-    own_names = [
-        f"{prefixes[m]}.{name}" for m in layers if not m.shared for name, _ in m.named_parameters()
-    ]
-    grads = torch.autograd.grad(
-        losses.sum(), [seen[m][1] for m in shared] + [params[n] for n in own_names]
-    )
-    tasks = losses.shape[0]
-    gradients = {}
-    for module, output_grads in zip(shared, grads[: len(shared)], strict=True):
-        inputs = seen[module][0].detach()  # gradients are data: keep no graph alive
-        for name, grad in module.per_task_gradients(inputs, output_grads, tasks).items():
-            gradients[f"{prefixes[module]}.{name}"] = grad
-    own = {name: grad / tasks for name, grad in zip(own_names, grads[len(shared) :], strict=True)}
-    return gradients, own, aux
+    tasks = grouped.losses.shape[0]
+    shared = {
+        f"{prefixes[layer]}.{name}": grad
+        for layer, inputs, output_grads in grouped.layers.values()
+        for name, grad in layer.per_task_gradients(inputs, output_grads, tasks).items()
+    }
+    return shared, grouped.own, grouped.aux
 
 
 def per_task_gradients_loop(

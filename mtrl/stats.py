@@ -16,7 +16,8 @@ from torch import Tensor
 class DeviceMeans:
     """Accumulates named tensors and hands out their means as floats, all in one device read."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = device  # where a loaded state goes
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, Tensor] = {}
         self._labels: dict[str, Sequence[str]] = {}
@@ -82,9 +83,9 @@ class DeviceMeans:
             "labels": {name: list(labels) for name, labels in self._labels.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str) -> None:
-        self._sums = {name: value.to(device) for name, value in state["sums"].items()}
-        self._counts = {name: value.to(device) for name, value in state["counts"].items()}
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums = {name: value.to(self.device) for name, value in state["sums"].items()}
+        self._counts = {name: value.to(self.device) for name, value in state["counts"].items()}
         self._labels = {name: list(labels) for name, labels in state["labels"].items()}
 
     def pop(self) -> dict[str, float]:
@@ -121,10 +122,10 @@ class PendingRows:
     update in ten by a sixth. Copying into rows allocated once avoids that.
     """
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, device: torch.device | str | None = None) -> None:
         if rows < 1:
             raise ValueError(f"rows must be at least 1, got {rows}")
-        self.rows = rows
+        self.rows, self.device = rows, device
         self.filled = 0
         self._buffers: list[Tensor] = []
 
@@ -140,10 +141,11 @@ class PendingRows:
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [buffer[: self.filled].clone() for buffer in self._buffers]}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._buffers, self.filled = [], 0
         rows = state["rows"]
         if rows and len(rows[0]):
+            device = self.device or rows[0].device
             self._buffers = [
                 torch.empty((self.rows, *r.shape[1:]), dtype=r.dtype, device=device) for r in rows
             ]

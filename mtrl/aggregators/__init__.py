@@ -30,6 +30,7 @@ from mtrl.aggregators.base import (
     make_aggregator,
     normalized_gram,
     register,
+    solve_weights,
 )
 from mtrl.aggregators.cagrad import CAGrad
 from mtrl.aggregators.cagrad_fast import FastCAGrad
@@ -68,4 +69,5 @@ __all__ = [
     "make_aggregator",
     "normalized_gram",
     "register",
+    "solve_weights",
 ]

@@ -8,10 +8,13 @@ solve tiny (K×K) whatever the number of parameters, and leaves ``J`` to be comp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
+
+from mtrl.jacobian import combine, task_gram
 
 _REGISTRY: dict[str, type[Aggregator]] = {}
 
@@ -123,17 +126,36 @@ class Aggregation(NamedTuple):
     gram: Tensor
 
 
+def solve_weights(
+    weights: Callable[[Tensor, Tensor | None], Tensor],
+    gram: Tensor,
+    losses: Tensor | None,
+    finite: Tensor | None = None,
+) -> Tensor:
+    """A method's task weights for ``gram`` (``weights`` is its :meth:`Aggregator.weights`).
+
+    Where ``finite`` is a false 0-d flag (a step that will be skipped, decided on the device),
+    the method sees orthogonal unit gradients instead of NaNs, so that neither its weights nor
+    its state become NaN.
+    """
+    if finite is not None:
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        gram = torch.where(finite, gram, eye)
+    return weights(gram, losses)
+
+
 def aggregate(
     aggregator: Aggregator, jacobian: Tensor, losses: Tensor | None = None
 ) -> Aggregation:
-    """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``.
+    """Apply ``aggregator`` to the per-task gradients ``jacobian`` of shape ``[K, P]``, the way
+    a training step does (:class:`mtrl.backward.MultiTaskBackward`, with stored gradients).
 
     Raises :class:`NonFiniteGradientError` on NaN or infinite gradients. The Gram matrix comes
     back too, so that diagnostics (:mod:`mtrl.conflict`) need no second product.
     """
     if jacobian.ndim != 2:
         raise ValueError(f"expected a Jacobian of shape [K, P], got {tuple(jacobian.shape)}")
-    gram = jacobian @ jacobian.T
+    gram = task_gram(jacobian)
     check_finite(gram)
-    weights = aggregator.weights(gram, losses)
-    return Aggregation(weights @ jacobian, weights, gram)
+    weights = solve_weights(aggregator.weights, gram, losses)
+    return Aggregation(combine(weights, jacobian), weights, gram)

@@ -30,10 +30,11 @@ def layer_scores(run_dir: Path) -> dict[tuple[str, int], float]:
     """(network, layer index) → S-conflict score, from the run's newest checkpoint."""
     path = latest_checkpoint(run_dir)
     model = MTSAC.from_state(load_state(path), device="cpu", source=str(path))
-    model.record_conflicts()  # the updates still waiting to be counted, in a batch
     scores = {}
     for network in NETWORKS:
-        conflicts = model.layer_conflicts[network]
+        recorder = getattr(model, f"{network}_conflicts")
+        recorder.flush()  # the updates still waiting to be counted, in a batch
+        conflicts = recorder.layers
         if not float(conflicts.pairs):
             raise CheckpointError(f"{run_dir} has not recorded any update yet")
         for layer, value in conflicts.scores().items():

@@ -17,10 +17,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from mtrl.agents.mtsac import GRADIENT_MODES
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.aggregators import available
 from mtrl.aggregators.base import aggregator_class
+from mtrl.backward import GRADIENT_MODES, UPDATE_MODES
 from mtrl.envs.benchmarks import (
     BENCHMARKS,
     GOAL_MODES,
@@ -145,7 +145,8 @@ class AgentConfig:
     warmup_steps: int = valid(1500, Interval(low=0, integer=True))
     gradient_steps: int = valid(1, COUNT)
     initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
-    per_task_gradients: str = valid("grouped", OneOf(GRADIENT_MODES))
+    per_task_gradients: str = valid("auto", OneOf(GRADIENT_MODES))
+    gram_update: str = valid("products", OneOf(UPDATE_MODES))
     compile_aggregator: bool = False
     recon_threshold: float = valid(0.0, Interval(-1, 0))
 

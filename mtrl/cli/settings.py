@@ -99,6 +99,7 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[
         "compile_aggregator": agent["compile_aggregator"],
         "recon_threshold": float(agent["recon_threshold"]),
         "per_task_gradients": agent["per_task_gradients"],
+        "gram_update": agent["gram_update"],
         "policy_kwargs": {
             "net_arch": list(agent["net_arch"]),
             "multi_head": agent["multi_head"],
@@ -133,7 +134,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     if agent["per_task_gradients"] == "none" and aggregator.needs_gram:
         raise ConfigError(
             f"method {name!r} combines per-task gradients: agent.per_task_gradients must be "
-            "grouped, vmap or loop"
+            "auto, grouped, gram, vmap or loop"
         )
     evaluation, checkpoint = container["eval"], container["checkpoint"]
     return TrainSettings(

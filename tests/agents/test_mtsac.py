@@ -90,7 +90,7 @@ def test_mean_is_plain_mtsac_on_the_summed_loss(mode, multi_head, monkeypatch):
     task_inputs, shared, _ = critic_inputs(model, batch)
     params = dict(model.critic.named_parameters())
     monkeypatch.setattr(model.critic.optimizer, "step", lambda: None)
-    losses = model._step(model.critic, critic_task_loss, task_inputs, shared, "critic")
+    losses = model.critic_step(critic_task_loss, task_inputs, shared).aux
 
     summed = critic_task_loss(params, *task_inputs, model.critic, "grouped")[0]
     torch.testing.assert_close(summed, losses)  # the grouped losses are the per-task losses
@@ -241,8 +241,8 @@ def test_resume_continues_where_training_stopped(tmp_path):
         model.replay_buffer.sample_tasks(8).observations,
     )
     assert torch.equal(
-        resumed.aggregators["critic"].visiting_orders(TASKS),
-        model.aggregators["critic"].visiting_orders(TASKS),
+        resumed.critic_step.aggregator.visiting_orders(TASKS),
+        model.critic_step.aggregator.visiting_orders(TASKS),
     )
     resumed.learn(60, reset_num_timesteps=False)
     assert resumed.num_timesteps == 300
@@ -305,7 +305,7 @@ def test_gradient_modes_give_the_same_update(method, first, second, trained):
 def test_methods_that_combine_gradients_need_them():
     with pytest.raises(ValueError, match="cannot be 'none'"):
         make_model(aggregator="gradops", per_task_gradients="none")
-    with pytest.raises(ValueError, match="valid: grouped, vmap, loop, none"):
+    with pytest.raises(ValueError, match="valid: auto, grouped, gram, vmap, loop, none"):
         make_model(per_task_gradients="backward")
 
 
@@ -321,18 +321,18 @@ def test_adatask_trains_and_its_moments_are_checkpointed(tmp_path):
 
 
 def test_famo_takes_one_backward_pass_and_learns_its_weights(monkeypatch):
-    import mtrl.agents.mtsac as mtsac
+    import mtrl.backward
 
     def no_jacobian(*args, **kwargs):
         raise AssertionError("FAMO must not compute per-task gradients")
 
-    monkeypatch.setattr(mtsac, "per_task_gradients", no_jacobian)
-    monkeypatch.setattr(mtsac, "per_task_gradients_loop", no_jacobian)
+    for way in ("grouped_pass", "per_task_gradients", "per_task_gradients_loop"):
+        monkeypatch.setattr(mtrl.backward, way, no_jacobian)
     model = make_model(aggregator="famo")
     model.learn(240)
     assert model._n_updates > 0
-    critic_famo = model.aggregators["critic"]
-    assert critic_famo.name == "famo" and model.aggregators["actor"].name == "mean"
+    critic_famo = model.critic_step.aggregator
+    assert critic_famo.name == "famo" and model.actor_step.aggregator.name == "mean"
     logits = critic_famo.state_dict()["logits"]
     assert logits.shape == (TASKS,) and not torch.all(logits == 0)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())

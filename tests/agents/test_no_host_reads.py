@@ -78,7 +78,8 @@ def host_reads(model, batch=None):
             if batch is None:
                 batch = model.replay_buffer.sample_tasks(8)
             model.update(batch)
-            model.record_conflicts()  # the update's conflict statistics, computed in batches
+            for recorder in (model.critic_conflicts, model.actor_conflicts):
+                recorder.flush()  # the update's conflict statistics, computed in batches
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)

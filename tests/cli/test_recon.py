@@ -30,7 +30,9 @@ def conflicted_run(tmp_path_factory):
     model.learn(300)
     # these point tasks agree on every layer, so give the counts known, distinct values
     for network, counts in (("actor", [5, 40, 0, 12]), ("critic", [30, 2, 60, 7])):
-        model.layer_conflicts[network].counts = torch.tensor(counts)
+        recorder = getattr(model, f"{network}_conflicts")
+        recorder.flush()
+        recorder.layers.counts = torch.tensor(counts)
     model.save(checkpoint_path(run_dir, model.num_timesteps))
     return run_dir, model
 
@@ -40,7 +42,7 @@ def test_ranks_layers_by_their_conflict_scores(conflicted_run, capsys):
     scores = recon.layer_scores(run_dir)
     assert len(scores) == 8  # four layers in each network, all shared
     for network in ("actor", "critic"):
-        expected = model.layer_conflicts[network].scores()
+        expected = getattr(model, f"{network}_conflicts").layers.scores()
         for layer, value in expected.items():
             assert scores[network, int(layer.removeprefix("layer"))] == pytest.approx(value)
     assert max(scores, key=scores.get) == ("critic", 2)

@@ -70,7 +70,7 @@ def test_a_few_hundred_steps_of_mt10_with_each_method(method, mt10_env, tmp_path
     }
     assert expected <= scalars
     # loss-based methods never compute per-task gradients, so they have no conflicts to log
-    assert (conflicts <= scalars) != model.aggregators["critic"].loss_based
+    assert (conflicts <= scalars) != model.critic_step.aggregator.loss_based
 
 
 def test_smoke_experiment_from_the_command_line(tmp_path):

@@ -1,0 +1,214 @@
+"""MTSAC's checkpoint format: plain data only, so that ``torch.load(weights_only=True)`` reads it.
+
+A checkpoint is a dict: its format and version, the constructor's arguments, the spaces and
+task names, then the state of each part of the agent by name (:meth:`MTSAC.checkpoint_state`
+declares which). Format 1 kept the networks' optimizers, methods and skip counts in separate
+dicts keyed by network; :func:`migrate` brings it to the current layout.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+import mtrl
+from mtrl.checkpoint import CheckpointError
+
+FORMAT = "mtrl.MTSAC"
+VERSION = 2
+
+
+def box_to_data(box: spaces.Box) -> dict[str, Any]:
+    return {"low": box.low.tolist(), "high": box.high.tolist(), "dtype": str(box.dtype)}
+
+
+def box_from_data(data: dict[str, Any]) -> spaces.Box:
+    dtype = np.dtype(data["dtype"])
+    return spaces.Box(np.array(data["low"], dtype), np.array(data["high"], dtype), dtype=dtype)
+
+
+def rng_state(action_space: spaces.Space) -> dict[str, Any]:
+    """Every random generator a training step draws from, as tensors and plain data."""
+    # SB3 seeds numpy's legacy global generator, so that is the one to carry over.
+    name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": random.getstate(),
+        "action_space": action_space.np_random.bit_generator.state,
+    }
+
+
+def set_rng_state(state: dict[str, Any], action_space: spaces.Space) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))  # noqa: NPY002
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def _empty_means() -> dict[str, Any]:
+    return {"sums": {}, "counts": {}, "labels": {}}
+
+
+def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
+    """``state`` in the current layout; refuses what is not an MTSAC checkpoint of a known
+    version, saying why."""
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{source} is not an MTSAC checkpoint")
+    version = state.get("format_version", 1)
+    if version > VERSION:
+        raise CheckpointError(
+            f"{source} was written by a newer mtrl ({state.get('mtrl_version')}, checkpoint "
+            f"format {version}); this one reads formats up to {VERSION}: upgrade mtrl to load it"
+        )
+    if version == VERSION:
+        return state
+    state = dict(state)
+    skipped = state["counters"].pop("skipped_updates")
+    optimizers, aggregators = state.pop("optimizers"), state.pop("aggregators")
+    for network in ("critic", "actor"):
+        state[network] = {
+            "optimizer": optimizers[network],
+            "aggregator": aggregators[network],
+            "skipped": skipped[network],
+        }
+    state["temperature"] = {
+        "log_alpha": state.pop("log_alpha"),
+        "optimizer": optimizers["alpha"],
+        "skipped": skipped["alpha"],
+    }
+    layers = state.pop("layer_conflicts")
+    state["conflicts"] = {
+        network: {
+            "layers": layers[network],
+            "stats": _empty_means(),
+            "pairwise": _empty_means(),
+            "pending": {"rows": []},
+        }
+        for network in ("critic", "actor")
+    }
+    state["statistics"] = _empty_means()
+    state["format_version"] = VERSION
+    return state
+
+
+def checkpoint_state(model: Any, full: bool = True) -> dict[str, Any]:
+    """Everything needed to continue training ``model`` (an MTSAC) exactly where it stopped.
+
+    With ``full`` the state is a full checkpoint: the replay buffer and the episodes in progress
+    (the environments' state, the last observations) come too. Nothing is changed by taking it.
+    """
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "mtrl_version": mtrl.__version__,
+        "hyperparameters": model.hyperparameters(),
+        "spaces": {
+            "observation": box_to_data(model.observation_space),
+            "action": box_to_data(model.action_space),
+        },
+        "task_names": list(model.task_names),
+        "counters": {
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "episode_num": int(model._episode_num),
+        },
+        "rng": rng_state(model.action_space),
+        "run_state": dict(model.run_state),
+    }
+    state.update({name: part.state_dict() for name, part in model.parts().items()})
+    if full:
+        state["replay_buffer"] = model.replay_buffer.state_dict()
+        state["rollout"] = _rollout_state(model)
+    return state
+
+
+def from_state(cls: type, state: dict[str, Any], env: Any, device: Any, source: str) -> Any:
+    """Rebuild an MTSAC (``cls``) from a checkpoint's state; with ``env`` it is ready to
+    continue training."""
+    state = migrate(state, source)
+    hyperparameters = dict(state["hyperparameters"])
+    hyperparameters["policy_kwargs"] = dict(hyperparameters["policy_kwargs"])
+    model = cls("MlpPolicy", env, device=device, _init_setup_model=False, **hyperparameters)
+    if env is None:
+        model.observation_space = box_from_data(state["spaces"]["observation"])
+        model.action_space = box_from_data(state["spaces"]["action"])
+        model.n_envs = hyperparameters["policy_kwargs"]["num_tasks"]
+        model.task_names = list(state["task_names"])
+    elif model.task_names != list(state["task_names"]):
+        raise CheckpointError(
+            f"{source} was trained on tasks {state['task_names']}, "
+            f"but the env runs {model.task_names}"
+        )
+    model._setup_model()
+    for name, part in model.parts().items():
+        part.load_state_dict(state[name])
+    counters = state["counters"]
+    model.num_timesteps = counters["num_timesteps"]
+    model._n_updates = counters["n_updates"]
+    model._episode_num = counters["episode_num"]
+    model.run_state = dict(state["run_state"])
+    if "replay_buffer" in state:
+        model.replay_buffer.load_state_dict(state["replay_buffer"])
+    if "rollout" in state:
+        _load_rollout_state(model, state["rollout"])
+    set_rng_state(state["rng"], model.action_space)
+    return model
+
+
+def _rollout_state(model: Any) -> dict[str, Any]:
+    """The episodes in progress: the environments' state where they can give it, the last
+    observations that the next action is chosen from, SB3's episode statistics."""
+    state: dict[str, Any] = {
+        "episode_infos": list(model.ep_info_buffer or []),
+        "episode_successes": [bool(s) for s in model.ep_success_buffer or []],
+    }
+    if model._last_obs is not None and hasattr(model.env, "state_dict"):
+        state["env"] = model.env.state_dict()
+        state["last_obs"] = torch.from_numpy(np.array(model._last_obs))
+        state["last_episode_starts"] = torch.from_numpy(np.array(model._last_episode_starts))
+    return state
+
+
+def _load_rollout_state(model: Any, state: dict[str, Any]) -> None:
+    window = model._stats_window_size
+    model.ep_info_buffer = collections.deque(state["episode_infos"], maxlen=window)
+    model.ep_success_buffer = collections.deque(state["episode_successes"], maxlen=window)
+    restorable = "env" in state and hasattr(model.env, "load_state_dict")
+    # Where the episodes in progress come back whole, SB3 must not reset the envs: the next
+    # action is chosen from the last observation, as it would have been.
+    if restorable and model.env.load_state_dict(state["env"]):
+        model._last_obs = state["last_obs"].numpy().copy()
+        model._last_episode_starts = state["last_episode_starts"].numpy().copy()
+
+
+class Temperature:
+    """An MTSAC's per-task temperatures and their optimizer, as one part of a checkpoint."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "log_alpha": model.log_alpha.detach().cpu(),
+            "optimizer": model.alpha_optimizer.state_dict(),
+            "skipped": int(model.alpha_skipped),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = self.model
+        with torch.no_grad():
+            model.log_alpha.copy_(state["log_alpha"])
+        model.alpha_optimizer.load_state_dict(state["optimizer"])
+        model.alpha_skipped.fill_(state["skipped"])

@@ -1,0 +1,317 @@
+"""The multi-task backward step: a network's per-task losses in, one deconflicted update out.
+
+Every Gram-based method needs only the K×K Gram matrix ``G = J Jᵀ`` of the per-task gradients
+of the shared parameters, and its update ``Jᵀ w`` is the gradient of ``Σ_k w_k L_k``. One step:
+
+1. one forward and one backward pass over the grouped ``[K, B]`` batch give each shared layer
+   its inputs and output gradients with task k's rows together
+   (:func:`mtrl.jacobian.grouped_pass`);
+2. each shared layer adds its Gram matrix: from its stored per-task gradients ``[K, *shape]``
+   where they are small, or a block of output columns at a time where they are not, so that
+   no ``[K, P]`` tensor is ever held (torchjd's autogram computes the Gramian without the
+   Jacobian too);
+3. the method turns ``G`` (and, for loss-based methods, the losses) into weights ``w``;
+4. ``Jᵀ w`` goes into ``.grad``: combined from the stored gradients, or from ``w``-weighted
+   output gradients in one product with the layer's inputs (or a second, weighted backward
+   pass); task-specific parameters get their own task's gradient;
+5. the optimizer steps unless anything was not finite, decided on the device.
+
+``gradients`` picks how per-task gradients are had (:data:`GRADIENT_MODES`); ``auto`` stores a
+layer's per-task gradients when they take at most :data:`STORE_RATIO` times the memory of the
+layer's inputs and outputs, and forms the rest Gram-first. The result of a step
+(:class:`StepResult`) is what a conflict recorder (:class:`mtrl.conflict.ConflictRecorder`)
+consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtrl.aggregators import Aggregator, solve_weights
+from mtrl.jacobian import (
+    combine,
+    grouped_pass,
+    per_task_gradients,
+    per_task_gradients_loop,
+    task_gram,
+)
+from mtrl.optim import AdaTask
+
+# grouped: per-task gradients stored, from one grouped pass; gram: Gram-first from the same
+# pass; auto: each layer the cheaper of the two within memory; vmap and loop: stored, from
+# torch.func.vmap or from K backward passes (a reference); none: one backward pass of the
+# weighted losses, for methods that need no Gram matrix.
+GRADIENT_MODES = ("auto", "grouped", "gram", "vmap", "loop", "none")
+# How Gram-first steps form Jᵀw: one product per layer from the weighted output gradients, or
+# a second backward pass of Σ_k w_k L_k.
+UPDATE_MODES = ("products", "backward")
+# Under "auto", a layer's per-task gradients are stored when they take at most this many times
+# the memory of the layer's inputs and outputs (docs/benchmarks.md has the measurements).
+STORE_RATIO = 2.0
+
+
+def finite(*tensors: Tensor) -> Tensor:
+    """A 0-d boolean tensor: no NaN or infinity in any of ``tensors`` (no host sync).
+
+    A NaN or an infinity makes a tensor's sum non-finite, and one pass over each tensor is a
+    third of what ``isfinite(t).all()`` reads and writes. (A sum can also overflow without
+    either, from float32 values near 1e38: no usable gradient.)
+    """
+    return torch.stack([t.sum().isfinite() for t in tensors]).all()
+
+
+def skips_on_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` changes nothing when its ``found_inf`` flag is set: torch's
+    fused optimizers (as under GradScaler) and AdaTask. (The flag GradScaler reads,
+    ``_step_supports_amp_scaling``, does not survive a copy or a pickle; ``fused`` does.)"""
+    return isinstance(optimizer, AdaTask) or bool(optimizer.defaults.get("fused"))
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, ok: Tensor) -> None:
+    """Step ``optimizer`` unless ``ok`` (a 0-d flag, see :func:`finite`) is false.
+
+    The flag stays on the device: fused Adam (and AdaTask) skip a step whose ``found_inf`` is
+    set, as they do under mixed precision, so the host never waits for the answer.
+    """
+    if skips_on_found_inf(optimizer):
+        optimizer.found_inf = (~ok).to(torch.float32)
+    else:
+        # Any other optimizer cannot skip (torch's unfused Adam even refuses the flag): it
+        # steps on zero gradients, so weights stay finite though its moments still move.
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad = torch.where(ok, param.grad, 0.0)
+    optimizer.step()
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one step did: the per-task losses and ``loss_fn``'s other outputs, the task weights,
+    whether the step was taken (``finite``), and for Gram-based steps the Gram matrix of the
+    per-task gradients and its share from each shared layer (``[L, K, K]``)."""
+
+    losses: Tensor
+    aux: Any
+    weights: Tensor
+    finite: Tensor
+    gram: Tensor | None = None
+    layer_grams: Tensor | None = None
+
+
+def layer_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """A layer's own parameters, by name."""
+    return list(layer.named_parameters(recurse=False))
+
+
+def stores(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
+    """Whether storing a layer's per-task gradients fits :data:`STORE_RATIO` (see above)."""
+    members, rows, fan_in = layer_inputs.shape
+    fan_out = output_grads.shape[-1]
+    per_task = members * tasks * (fan_in + 1) * fan_out
+    return per_task <= STORE_RATIO * members * rows * (fan_in + fan_out)
+
+
+class MultiTaskBackward:
+    """The update of one network from its per-task losses (see the module's docstring).
+
+    Args:
+        network: a :class:`~mtrl.agents.networks.MultiTaskNetwork`.
+        optimizer: steps the network's parameters.
+        aggregator: the method turning per-task gradients (or losses) into task weights.
+        per_task_gradients: one of :data:`GRADIENT_MODES`.
+        gram_update: one of :data:`UPDATE_MODES`, for the layers formed Gram-first.
+        compile: ``torch.compile`` the method's K×K computation.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        aggregator: Aggregator,
+        per_task_gradients: str = "auto",
+        gram_update: str = "products",
+        compile: bool = False,
+    ) -> None:
+        gradients, update = per_task_gradients, gram_update
+        self.check(aggregator, gradients, update)
+        if isinstance(optimizer, AdaTask):
+            if gradients == "gram":
+                raise ValueError("AdaTask keeps moments per task: it needs stored gradients")
+            gradients = "grouped" if gradients == "auto" else gradients
+        self.network, self.optimizer, self.aggregator = network, optimizer, aggregator
+        self.gradients, self.update = gradients, update
+        self.weights_of = aggregator.weights
+        if compile:
+            device = next(network.parameters()).device
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.weights_of = torch.compile(aggregator.weights, mode=mode, dynamic=False)
+        self.summed = gradients == "none" or aggregator.loss_based
+        self.layer_names = list(network.shared_layers())
+        self.skipped = torch.zeros((), dtype=torch.int64, device=next(network.parameters()).device)
+
+    @staticmethod
+    def check(aggregator: Aggregator, gradients: str, update: str) -> None:
+        """Refuse a mode that does not exist or does not suit the method."""
+        if gradients not in GRADIENT_MODES:
+            valid = ", ".join(GRADIENT_MODES)
+            raise ValueError(f"per_task_gradients={gradients!r}; valid: {valid}")
+        if update not in UPDATE_MODES:
+            raise ValueError(f"gram_update={update!r}; valid: {', '.join(UPDATE_MODES)}")
+        if gradients == "none" and aggregator.needs_gram:
+            raise ValueError(
+                f"method {aggregator.name!r} combines per-task gradients, so "
+                "per_task_gradients cannot be 'none' (only methods that weight losses, such as "
+                "mean, can)"
+            )
+
+    def __call__(
+        self,
+        loss_fn: Callable[..., tuple[Tensor, Any]],
+        task_inputs: tuple[Tensor, ...],
+        shared_inputs: tuple[Any, ...] = (),
+    ) -> StepResult:
+        """Update the network on ``loss_fn``'s per-task losses (see :mod:`mtrl.jacobian` for
+        its convention) and say what was done."""
+        params = dict(self.network.named_parameters())
+        if self.summed:
+            return self._summed_step(loss_fn, params, task_inputs, shared_inputs)
+        if self.gradients in ("vmap", "loop"):
+            compute = per_task_gradients if self.gradients == "vmap" else per_task_gradients_loop
+            gradients, aux = compute(loss_fn, params, task_inputs, shared_inputs)
+            own = self.network.task_specific_parameters()
+            shared = {n: g for n, g in gradients.items() if n not in own}
+            own_grads = {n: gradients[n].mean(dim=0) for n in own}
+            return self._stored_step(shared, own_grads, aux)
+        return self._grouped_step(loss_fn, params, task_inputs, shared_inputs)
+
+    # -- the three ways -----------------------------------------------------------------------
+
+    def _summed_step(self, loss_fn, params, task_inputs, shared_inputs) -> StepResult:
+        """One backward pass of the weighted losses: no per-task gradient at all."""
+        losses, aux = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+        weights = self.weights_of(None, losses.detach())
+        self.optimizer.zero_grad()
+        (weights * losses).sum().backward()
+        ok = finite(losses, *[p.grad for p in params.values() if p.grad is not None])
+        self._step(ok)
+        if self.aggregator.loss_based:
+            # Loss-based methods learn from how the step changed each task's loss.
+            with torch.no_grad():
+                after, _ = loss_fn(params, *task_inputs, *shared_inputs, "grouped")
+            self.aggregator.observe(losses.detach(), after)
+        return StepResult(losses.detach(), aux, weights, ok)
+
+    def _stored_step(self, shared: dict[str, Tensor], own: dict[str, Tensor], aux) -> StepResult:
+        """Per-task gradients ``[K, *shape]`` of every shared parameter in hand."""
+        losses = aux[0] if isinstance(aux, tuple) else aux
+        prefixes = {module: name for name, module in self.network.named_modules()}
+        layer_grams = torch.stack(
+            [
+                sum(
+                    task_gram(shared[f"{prefixes[layer]}.{name}"])
+                    for name, _ in layer_parameters(layer)
+                )
+                for layer in self.network.shared_layers().values()
+            ]
+        )
+        weights, ok = self._weights(layer_grams, losses, *own.values())
+        named = dict(self.network.named_parameters())
+        for name, grad in shared.items():
+            named[name].grad = combine(weights, grad)
+        self._set(own)
+        self._adatask({named[n]: grad for n, grad in shared.items()}, weights)
+        self._step(ok)
+        return StepResult(losses.detach(), aux, weights, ok, layer_grams.sum(dim=0), layer_grams)
+
+    def _grouped_step(self, loss_fn, params, task_inputs, shared_inputs) -> StepResult:
+        """One grouped pass; each shared layer stored or Gram-first (see the docstring)."""
+        second_pass = self.gradients != "grouped" and self.update == "backward"
+        grouped = grouped_pass(
+            loss_fn, self.network, params, task_inputs, shared_inputs, retain_graph=second_pass
+        )
+        tasks = grouped.losses.shape[0]
+        stored: dict[str, dict[str, Tensor]] = {}
+        grams = []
+        for label, (layer, inputs, output_grads) in grouped.layers.items():
+            keep = self.gradients == "grouped" or (
+                self.gradients == "auto" and stores(inputs, output_grads, tasks)
+            )
+            if keep:
+                stored[label] = layer.per_task_gradients(inputs, output_grads, tasks)
+                grams.append(sum(task_gram(g) for g in stored[label].values()))
+            else:
+                grams.append(layer.task_gram(inputs, output_grads, tasks))
+        layer_grams = torch.stack(grams)
+        weights, ok = self._weights(layer_grams, grouped.losses, *grouped.own.values())
+        later = {}
+        for label, (layer, inputs, output_grads) in grouped.layers.items():
+            if label in stored:
+                grads = {n: combine(weights, g) for n, g in stored[label].items()}
+            elif second_pass:
+                later[label] = layer
+                continue
+            else:
+                row_weights = weights.to(inputs.dtype).repeat_interleave(inputs.shape[1] // tasks)
+                grads = layer.combined_gradients(inputs, output_grads, row_weights)
+            for name, param in layer_parameters(layer):
+                param.grad = grads[name]
+        if later:
+            shared = [p for layer in later.values() for _, p in layer_parameters(layer)]
+            weighted = (weights.detach().to(grouped.losses.dtype) * grouped.losses).sum()
+            for param, grad in zip(shared, torch.autograd.grad(weighted, shared), strict=True):
+                param.grad = grad
+        self._set(grouped.own)
+        self._adatask(
+            {
+                param: stored[label][name]
+                for label in stored
+                for name, param in layer_parameters(grouped.layers[label][0])
+            },
+            weights,
+        )
+        self._step(ok)
+        losses = grouped.losses.detach()
+        return StepResult(losses, grouped.aux, weights, ok, layer_grams.sum(dim=0), layer_grams)
+
+    # -- shared pieces ------------------------------------------------------------------------
+
+    def _weights(self, layer_grams: Tensor, losses: Tensor, *others: Tensor):
+        """The method's weights from the Gram matrix, and whether everything is finite."""
+        ok = finite(losses, layer_grams, *others)
+        return solve_weights(self.weights_of, layer_grams.sum(dim=0), losses, ok), ok
+
+    def _set(self, grads: dict[str, Tensor]) -> None:
+        params = dict(self.network.named_parameters())
+        for name, grad in grads.items():
+            params[name].grad = grad
+
+    def _adatask(self, per_task: dict[nn.Parameter, Tensor], weights: Tensor) -> None:
+        """AdaTask keeps Adam moments per task: each task's share ``w_t g_t`` of the update."""
+        if isinstance(self.optimizer, AdaTask):
+            self.optimizer.set_task_gradients(
+                {p: weights.view(-1, *[1] * (g.dim() - 1)) * g for p, g in per_task.items()}
+            )
+
+    def _step(self, ok: Tensor) -> None:
+        step_if_finite(self.optimizer, ok)
+        self.skipped += ~ok
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "skipped": int(self.skipped),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.skipped.fill_(state["skipped"])

@@ -1,0 +1,152 @@
+"""The multi-task backward step: Gram-first and stored per-task gradients give the same update,
+Gram-first never holds a [K, P] tensor, and the automatic choice follows the sizes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mtrl.agents.mtsac import actor_task_loss, critic_task_loss
+from mtrl.agents.networks import Actor, Critic
+from mtrl.aggregators import available, make_aggregator
+from mtrl.backward import STORE_RATIO, MultiTaskBackward, stores
+
+TASKS, BATCH, OBS, ACTIONS = 3, 5, 6, 2
+GRAM_BASED = [m for m in available() if not make_aggregator(m).loss_based]
+LAYOUTS = {"plain": [], "multi-head": [2], "task-first-layer": [0]}
+
+
+def seeded(method: str):
+    """The method, with any random draws it makes seeded alike in every copy."""
+    fields = make_aggregator(method).hparams
+    return make_aggregator(method, **({"seed": 0} if "seed" in fields else {}))
+
+
+def grouped_batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    onehot = torch.eye(TASKS)[:, None].expand(-1, BATCH, -1)
+    obs = torch.cat([torch.randn(TASKS, BATCH, OBS, generator=generator), onehot], -1)
+    actions = torch.rand(TASKS, BATCH, ACTIONS, generator=generator) * 2 - 1
+    target = torch.randn(TASKS, BATCH, generator=generator)
+    noise = torch.randn(TASKS, BATCH, ACTIONS, generator=generator)
+    alpha = torch.tensor([0.5, 1.0, 2.0])
+    return obs, actions, target, noise, alpha
+
+
+def network_case(kind: str, task_layers, hidden=(16, 20)):
+    """A network, its loss and inputs: the critic's TD loss or the actor's loss."""
+    torch.manual_seed(0)
+    critic = Critic(OBS + TASKS, ACTIONS, hidden, num_tasks=TASKS, task_layers=task_layers)
+    obs, actions, target, noise, alpha = grouped_batch()
+    if kind == "critic":
+        return critic, critic_task_loss, (obs, actions, target), (critic,)
+    actor = Actor(OBS + TASKS, ACTIONS, hidden, num_tasks=TASKS, task_layers=task_layers)
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    return actor, actor_task_loss, (obs, noise, alpha), (actor, critic, frozen)
+
+
+def step_once(network, loss_fn, task_inputs, shared_inputs, method, **modes):
+    """One step of a copy of ``network``; returns the result and the gradients it wrote (an
+    optimizer with a zero learning rate leaves the weights as they were)."""
+    network = copy.deepcopy(network)
+    if shared_inputs and shared_inputs[0] is not network:  # the actor's loss also takes it
+        shared_inputs = (network, *shared_inputs[1:])
+    elif shared_inputs:
+        shared_inputs = (network,)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+    step = MultiTaskBackward(network, optimizer, method, **modes)
+    result = step(loss_fn, task_inputs, shared_inputs)
+    return result, {name: p.grad for name, p in network.named_parameters()}
+
+
+@pytest.mark.parametrize("update", ["products", "backward"])
+@pytest.mark.parametrize("kind", ["critic", "actor"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("method", GRAM_BASED)
+def test_gram_first_gives_the_stored_weights_and_update(method, layout, kind, update):
+    network, loss_fn, task_inputs, shared_inputs = network_case(kind, LAYOUTS[layout])
+    stored, stored_grads = step_once(
+        network, loss_fn, task_inputs, shared_inputs, seeded(method), per_task_gradients="grouped"
+    )
+    gram, gram_grads = step_once(
+        network,
+        loss_fn,
+        task_inputs,
+        shared_inputs,
+        seeded(method),
+        per_task_gradients="gram",
+        gram_update=update,
+    )
+    assert_close_in_scale(gram.layer_grams, stored.layer_grams)
+    assert_close_in_scale(gram.weights, stored.weights)
+    assert stored_grads.keys() == gram_grads.keys()
+    for name, expected in stored_grads.items():
+        assert_close_in_scale(gram_grads[name], expected, name)
+
+
+def assert_close_in_scale(got, expected, what=""):
+    """Equal but for float32 rounding: to 1e-5 of the largest entry, whose rounding every
+    entry's sums share."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale, msg=what)
+
+
+class LargeTensors(TorchDispatchMode):
+    """Records every tensor an operator allocates with at least ``limit`` elements (views of
+    its inputs allocate nothing and are left out)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.seen = limit, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in torch.utils._pytree.tree_leaves(out):
+            fresh = isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs
+            if fresh and t.numel() >= self.limit:
+                self.seen.append((func._schema.name, tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("kind", ["critic", "actor"])
+@pytest.mark.parametrize("update", ["products", "backward"])
+def test_a_gram_first_step_never_allocates_k_times_a_layer(kind, update):
+    hidden = (64, 64)  # wider than the batch, as in the networks this step is for
+    network, loss_fn, task_inputs, shared_inputs = network_case(kind, [], hidden)
+    largest = max(layer.weight.numel() for layer in network.shared_layers().values())
+    for mode, allowed in (("gram", True), ("grouped", False)):
+        watch = LargeTensors(TASKS * largest)
+        with watch:
+            step_once(
+                network, loss_fn, task_inputs, shared_inputs, seeded("gradops"),
+                per_task_gradients=mode, gram_update=update,
+            )  # fmt: skip
+        # the stored path holds [K, *weight] per-task gradients: the watch sees them
+        assert (watch.seen == []) == allowed, (mode, watch.seen)
+
+
+def layer_shapes(width_in, width_out, tasks, batch_per_task, members=2):
+    meta = {"device": "meta"}
+    rows = tasks * batch_per_task
+    return torch.empty(members, rows, width_in, **meta), torch.empty(
+        members, rows, width_out, **meta
+    )
+
+
+@pytest.mark.parametrize(("width", "stored"), [(400, True), (500, True), (1024, False)])
+def test_auto_stores_a_layer_while_its_per_task_gradients_are_small(width, stored):
+    # K·(in+1)·out against STORE_RATIO·N·(in+out) with N = K·B: for a square layer, stored
+    # up to a width of about 2 · STORE_RATIO · B, whatever the number of tasks
+    for tasks in (10, 50):
+        assert stores(*layer_shapes(width, width, tasks, 128), tasks) == stored
+    assert 2 * STORE_RATIO * 128 == 512
+    # a first layer (Meta-World's 39 values and the one-hot in) is stored at any width
+    assert stores(*layer_shapes(49, 4096, 10, 128), 10)

@@ -81,37 +81,32 @@ class EnsembleLinear(nn.Module):
             "bias": bias.transpose(0, 1).unsqueeze(2),
         }
 
-    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
-        """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them.
-
-        The weight gradients are formed a block of output columns at a time, each block no
-        larger than the layer's weights (``K`` tasks × ``fan_in`` × ``fan_out / K``), and the
-        blocks' Gram matrices are summed.
-        """
+    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
+        """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them:
+        the weight gradients are formed ``columns`` output columns at a time (``[K, in,
+        columns]`` per member), and the blocks' Gram matrices are summed."""
         members, rows, fan_in = inputs.shape
         fan_out = output_grads.shape[-1]
         h = inputs.reshape(members * tasks, rows // tasks, fan_in).transpose(1, 2)
         delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
         bias = delta.sum(dim=1).view(members, tasks, fan_out)
         gram = torch.bmm(bias, bias.transpose(1, 2)).sum(dim=0)
-        width = max(1, fan_out // tasks)
-        for start in range(0, fan_out, width):
-            block = torch.bmm(h, delta[:, :, start : start + width])  # [E·K, in, width]
-            block = block.view(members, tasks, fan_in, -1).transpose(0, 1)
-            gram = gram + task_gram(block)
+        for start in range(0, fan_out, columns):
+            block = torch.bmm(h, delta[:, :, start : start + columns])  # [E·K, in, columns]
+            gram = gram + task_gram(block.view(members, tasks, fan_in, -1).transpose(0, 1))
+            del block  # before the next one is made: one block at a time
         return gram
 
     def combined_gradients(self, inputs: Tensor, output_grads: Tensor, row_weights: Tensor):
         """The gradient of ``Σ_k w_k L_k`` for this shared layer from the inputs and output
         gradients of ``Σ_k L_k``: each row's output gradient weighted by its task's ``w_k``
-        (``row_weights``, one per row), then one product with the inputs."""
+        (``row_weights``, one per row), then one product with the inputs. The output gradients
+        are weighted in place: they serve nothing else afterwards."""
         members, _, fan_in = inputs.shape
         fan_out = output_grads.shape[-1]
-        if fan_in < fan_out:
-            weight = torch.bmm((inputs * row_weights[:, None]).transpose(1, 2), output_grads)
-        else:
-            weight = torch.bmm(inputs.transpose(1, 2), output_grads * row_weights[:, None])
-        bias = torch.einsum("n,eno->eo", row_weights, output_grads)
+        weighted = output_grads.mul_(row_weights[:, None])
+        weight = torch.bmm(inputs.transpose(1, 2), weighted)
+        bias = weighted.sum(dim=1)
         return {
             "weight": weight.view(members, 1, fan_in, fan_out),
             "bias": bias.view(members, 1, 1, fan_out),

@@ -117,6 +117,16 @@ def stores(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
     return per_task <= STORE_RATIO * members * rows * (fan_in + fan_out)
 
 
+def block_columns(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> int:
+    """How many output columns of a Gram-first layer's per-task gradients are formed at once:
+    blocks of half what :func:`stores` would store, about ``STORE_RATIO × B`` columns for a
+    square layer (a few large products are much faster than many small ones)."""
+    _, rows, fan_in = layer_inputs.shape
+    fan_out = output_grads.shape[-1]
+    budget = STORE_RATIO * rows * (fan_in + fan_out) / 2
+    return max(1, min(fan_out, int(budget // (tasks * (fan_in + 1)))))
+
+
 class MultiTaskBackward:
     """The update of one network from its per-task losses (see the module's docstring).
 
@@ -230,54 +240,71 @@ class MultiTaskBackward:
         return StepResult(losses.detach(), aux, weights, ok, layer_grams.sum(dim=0), layer_grams)
 
     def _grouped_step(self, loss_fn, params, task_inputs, shared_inputs) -> StepResult:
-        """One grouped pass; each shared layer stored or Gram-first (see the docstring)."""
+        """One grouped pass; each shared layer stored or Gram-first (see the docstring).
+
+        Stored layers form their per-task gradients as soon as the backward pass reaches them,
+        and every layer's inputs and output gradients are let go once they have served (the
+        previous gradients before the pass), so that the step holds little more than what an
+        ordinary backward pass holds.
+        """
         second_pass = self.gradients != "grouped" and self.update == "backward"
-        grouped = grouped_pass(
-            loss_fn, self.network, params, task_inputs, shared_inputs, retain_graph=second_pass
-        )
-        tasks = grouped.losses.shape[0]
+        tasks = task_inputs[0].shape[0]
         stored: dict[str, dict[str, Tensor]] = {}
-        grams = []
-        for label, (layer, inputs, output_grads) in grouped.layers.items():
-            keep = self.gradients == "grouped" or (
+        grams: dict[str, Tensor] = {}
+        later: list[nn.Module] = []
+
+        def consume(label: str, layer: nn.Module, inputs: Tensor, output_grads: Tensor) -> bool:
+            if self.gradients == "grouped" or (
                 self.gradients == "auto" and stores(inputs, output_grads, tasks)
-            )
-            if keep:
+            ):
                 stored[label] = layer.per_task_gradients(inputs, output_grads, tasks)
-                grams.append(sum(task_gram(g) for g in stored[label].values()))
-            else:
-                grams.append(layer.task_gram(inputs, output_grads, tasks))
-        layer_grams = torch.stack(grams)
-        weights, ok = self._weights(layer_grams, grouped.losses, *grouped.own.values())
-        later = {}
+                grams[label] = sum(task_gram(g) for g in stored[label].values())
+                return True
+            if second_pass:  # the second pass forms the update: nothing more is needed
+                grams[label] = self._gram_first(layer, inputs, output_grads, tasks)
+                later.append(layer)
+                return True
+            return False  # kept for its Gram matrix and its update, after the pass
+
+        self.optimizer.zero_grad(set_to_none=True)
+        grouped = grouped_pass(
+            loss_fn, self.network, params, task_inputs, shared_inputs, second_pass, consume
+        )
         for label, (layer, inputs, output_grads) in grouped.layers.items():
-            if label in stored:
-                grads = {n: combine(weights, g) for n, g in stored[label].items()}
-            elif second_pass:
-                later[label] = layer
-                continue
-            else:
-                row_weights = weights.to(inputs.dtype).repeat_interleave(inputs.shape[1] // tasks)
-                grads = layer.combined_gradients(inputs, output_grads, row_weights)
+            grams[label] = self._gram_first(layer, inputs, output_grads, tasks)
+        layer_grams = torch.stack([grams[label] for label in self.layer_names if label in grams])
+        weights, ok = self._weights(layer_grams, grouped.losses, *grouped.own.values())
+        shared_layers = self.network.shared_layers()
+        per_task = {}
+        for label, grads in stored.items():
+            for name, param in layer_parameters(shared_layers[label]):
+                param.grad = combine(weights, grads[name])
+                per_task[param] = grads[name]
+        self._adatask(per_task, weights)
+        stored.clear()  # let the per-task gradients go
+        del per_task
+        row_weights = weights.repeat_interleave(task_inputs[0].shape[1])
+        layers = grouped.layers
+        while layers:  # the Gram-first layers, in one product each
+            layer, inputs, output_grads = layers.pop(next(iter(layers)))
+            grads = layer.combined_gradients(inputs, output_grads, row_weights.to(inputs.dtype))
             for name, param in layer_parameters(layer):
                 param.grad = grads[name]
+            del inputs, output_grads, grads
         if later:
-            shared = [p for layer in later.values() for _, p in layer_parameters(layer)]
+            shared = [p for layer in later for _, p in layer_parameters(layer)]
             weighted = (weights.detach().to(grouped.losses.dtype) * grouped.losses).sum()
             for param, grad in zip(shared, torch.autograd.grad(weighted, shared), strict=True):
                 param.grad = grad
         self._set(grouped.own)
-        self._adatask(
-            {
-                param: stored[label][name]
-                for label in stored
-                for name, param in layer_parameters(grouped.layers[label][0])
-            },
-            weights,
-        )
         self._step(ok)
         losses = grouped.losses.detach()
         return StepResult(losses, grouped.aux, weights, ok, layer_grams.sum(dim=0), layer_grams)
+
+    @staticmethod
+    def _gram_first(layer: nn.Module, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+        columns = block_columns(inputs, output_grads, tasks)
+        return layer.task_gram(inputs, output_grads, tasks, columns)
 
     # -- shared pieces ------------------------------------------------------------------------
 

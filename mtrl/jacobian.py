@@ -51,11 +51,12 @@ def per_task_gradients(
 class GroupedPass:
     """One forward and backward pass over a grouped ``[K, B, ...]`` batch.
 
-    ``layers`` holds, for each shared layer (by its label), its inputs and the gradients of
-    ``Σ_k L_k`` with respect to its outputs, ``[members, K·B, ...]`` with task k's rows
-    together: task k's rows of the output gradients are those of its own loss, so each shared
-    layer can form per-task gradients from them. ``own`` holds the gradients of the mean loss
-    with respect to the task-specific parameters (each task reaches only its own copy).
+    ``layers`` holds, for each shared layer (by its label) not consumed during the pass, the
+    layer, its inputs and the gradients of ``Σ_k L_k`` with respect to its outputs,
+    ``[members, K·B, ...]`` with task k's rows together: task k's rows of the output gradients
+    are those of its own loss, so each shared layer can form per-task gradients from them.
+    ``own`` holds the gradients of the mean loss with respect to the task-specific parameters
+    (each task reaches only its own copy).
     """
 
     losses: Tensor
@@ -71,20 +72,38 @@ def grouped_pass(
     task_inputs: tuple[Tensor, ...],
     shared_inputs: tuple[Any, ...] = (),
     retain_graph: bool = False,
+    consume: Callable[[str, nn.Module, Tensor, Tensor], bool] | None = None,
 ) -> GroupedPass:
-    """Run ``loss_fn`` once on the grouped batch and backpropagate ``Σ_k L_k`` once, asking only
-    for the gradients of the shared layers' outputs and of the task-specific parameters.
+    """Run ``loss_fn`` once on the grouped batch and backpropagate ``Σ_k L_k`` once, through
+    the shared layers to the task-specific parameters.
+
+    Each shared layer's output gradients are caught as the backward pass reaches them (a
+    tensor hook), so that neither the layers' outputs nor the gradients that went through are
+    kept for the pass's sake. ``consume(label, layer, inputs, output_grads)`` sees each layer as
+    soon as its gradients arrive; where it returns True the layer has served and is not kept.
 
     ``network`` lists its shared layers (``shared_layers()``) and task-specific parameters
     (``task_specific_parameters()``), see :class:`mtrl.agents.networks.MultiTaskNetwork`.
     """
     watched = network.shared_layers()
-    seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    labels = {layer: label for label, layer in watched.items()}
+    layers: dict[str, tuple[nn.Module, Tensor, Tensor | None]] = {}
+    gradient_hooks = []  # removed after this pass: a second pass through the graph is not ours
+
+    def arrived(label: str, output_grads: Tensor) -> None:
+        layer, inputs, _ = layers[label]
+        if consume is not None and consume(label, layer, inputs, output_grads):
+            del layers[label]
+        else:
+            layers[label] = (layer, inputs, output_grads)
 
     def watch(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if module in seen:
+        label = labels[module]
+        if label in layers:
             raise RuntimeError("a layer ran twice in one loss: per-task gradients are ambiguous")
-        seen[module] = (args[0], output)
+        # inputs are data from here on: keep no graph alive through them
+        layers[label] = (module, args[0].detach(), None)
+        gradient_hooks.append(output.register_hook(lambda grad: arrived(label, grad)))
 
     handles = [layer.register_forward_hook(watch) for layer in watched.values()]
     try:
@@ -92,20 +111,18 @@ def grouped_pass(
     finally:
         for handle in handles:
             handle.remove()
-    ran = {label: layer for label, layer in watched.items() if layer in seen}
     own_names = list(network.task_specific_parameters())
-    grads = torch.autograd.grad(
-        losses.sum(),
-        [seen[layer][1] for layer in ran.values()] + [params[n] for n in own_names],
-        retain_graph=retain_graph,
-    )
+    targets = [params[n] for n in own_names]
+    if layers:  # the pass must reach the first shared layer: its smallest parameter's gradient
+        first = next(iter(layers.values()))[0]
+        targets.append(min(first.parameters(), key=lambda p: p.numel()))
+    try:
+        grads = torch.autograd.grad(losses.sum(), targets, retain_graph=retain_graph)
+    finally:
+        for hook in gradient_hooks:
+            hook.remove()
     tasks = losses.shape[0]
-    layers = {
-        # inputs are data from here on: keep no graph alive through them
-        label: (layer, seen[layer][0].detach(), output_grads)
-        for (label, layer), output_grads in zip(ran.items(), grads[: len(ran)], strict=True)
-    }
-    own = {name: grad / tasks for name, grad in zip(own_names, grads[len(ran) :], strict=True)}
+    own = {name: grad / tasks for name, grad in zip(own_names, grads, strict=False)}
     return GroupedPass(losses, aux, layers, own)
 
 
@@ -189,11 +206,18 @@ def task_gram(gradient: Tensor) -> Tensor:
     return grams[0] if len(grams) == 1 else torch.stack(grams).sum(dim=0)
 
 
+# The number of column blocks a long Gram product is split into, at most: enough for every
+# core, few enough that each product stays large.
+GRAM_GROUPS = 16
+
+
 def _gram_by_rows(flat: Tensor, rows: int) -> Tensor:
-    """``F Fᵀ`` for ``F = flat`` (``[K, n]``) as the sum of the products of its ``rows`` column
-    blocks: BLAS runs one K×K product over a long axis on a single core, a batch of them on
-    all cores (4× faster for a 400 × 400 layer on two cores)."""
-    blocks = flat.view(flat.shape[0], rows, -1).transpose(0, 1)
+    """``F Fᵀ`` for ``F = flat`` (``[K, n]``, ``rows`` rows of a parameter flattened) as the
+    sum of the products of a few column blocks, each a whole number of rows: BLAS runs one K×K
+    product over a long axis on a single core, a batch of them on all cores (4× faster for a
+    400 × 400 layer on two cores)."""
+    groups = max(g for g in range(1, min(rows, GRAM_GROUPS) + 1) if rows % g == 0)
+    blocks = flat.view(flat.shape[0], groups, -1).transpose(0, 1)
     return torch.bmm(blocks, blocks.transpose(1, 2)).sum(dim=0)
 
 

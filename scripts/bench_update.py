@@ -43,21 +43,21 @@ class ShapeOnly(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTIONS,), np.float32)
 
 
-def make_model(
-    tasks, method, mode, *, device, net, batch_per_task, compile_aggregator=False, rows=2000
-) -> MTSAC:
+def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000, **options) -> MTSAC:
+    """An MTSAC on Meta-World's shapes with a replay buffer of random transitions; ``options``
+    are further MTSAC arguments (``compile_aggregator``, ``gram_update``, ...)."""
     env = DummyVecEnv([lambda: ShapeOnly(tasks)] * tasks)
     model = MTSAC(
         "MlpPolicy",
         env,
         aggregator=method,
         per_task_gradients=mode,
-        compile_aggregator=compile_aggregator,
         batch_size=batch_per_task * tasks,
         buffer_size=rows * tasks,
         policy_kwargs={"net_arch": net},
         seed=0,
         device=device,
+        **options,
     )
     generator = np.random.default_rng(0)
     onehot = np.eye(tasks, dtype=np.float32)

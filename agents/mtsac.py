@@ -90,6 +90,8 @@ class MTSAC(OffPolicyAlgorithm):
             a task pair conflicts on a layer when its cosine there is below S.
         compile_aggregator: ``torch.compile`` the method's K×K computation, a long chain of
             tiny kernels for the solver-based methods (CAGrad, MGDA, Nash-MTL, ...).
+        max_grad_norm: clip each network's combined update to this global norm (``None``: no
+            clipping; the parameter-scaling recipe uses 1.0).
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -117,6 +119,7 @@ class MTSAC(OffPolicyAlgorithm):
         gram_update: str = "products",
         recon_threshold: float = 0.0,
         compile_aggregator: bool = False,
+        max_grad_norm: float | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -134,6 +137,7 @@ class MTSAC(OffPolicyAlgorithm):
         self.per_task_gradients, self.gram_update = per_task_gradients, gram_update
         self.recon_threshold = recon_threshold
         self.compile_aggregator = compile_aggregator
+        self.max_grad_norm = max_grad_norm
         super().__init__(
             policy,
             env,
@@ -206,6 +210,7 @@ class MTSAC(OffPolicyAlgorithm):
                 mode,
                 self.gram_update,
                 self.compile_aggregator,
+                self.max_grad_norm,
             )
             for network, method in zip((self.critic, self.actor), methods, strict=True)
         )

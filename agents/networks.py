@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from mtrl.jacobian import task_gram
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+INITS = ("torch", "he")
+LOG_STD_BOUNDINGS = ("tanh", "clamp")
 LOG_TWO = math.log(2.0)
 
 
@@ -31,11 +33,21 @@ class EnsembleLinear(nn.Module):
     inputs are ``[members, N, in]``. See :class:`EnsembleMLP` for the batch layouts.
     """
 
-    def __init__(self, members: int, copies: int, fan_in: int, fan_out: int) -> None:
+    def __init__(
+        self,
+        members: int,
+        copies: int,
+        fan_in: int,
+        fan_out: int,
+        weight_bound: float | None = None,
+        bias_bound: float | None = None,
+    ) -> None:
         super().__init__()
-        bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
-        self.weight = _uniform((members, copies, fan_in, fan_out), bound)
-        self.bias = _uniform((members, copies, 1, fan_out), bound)
+        default = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+        weight_bound = default if weight_bound is None else weight_bound
+        bias_bound = default if bias_bound is None else bias_bound
+        self.weight = _uniform((members, copies, fan_in, fan_out), weight_bound)
+        self.bias = _uniform((members, copies, 1, fan_out), bias_bound)
 
     @property
     def shared(self) -> bool:
@@ -97,6 +109,18 @@ class EnsembleLinear(nn.Module):
             del block  # before the next one is made: one block at a time
         return gram
 
+    def task_gram_by_rows(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+        """The same ``J_l J_lᵀ`` from the products of rows, never forming a weight gradient:
+        ``⟨h_kᵀδ_k, h_lᵀδ_l⟩ = Σ_{i∈k, j∈l} (h_i·h_j)(δ_i·δ_j)``, with a constant 1 appended to
+        every ``h_i`` for the bias. Two ``N × N`` products per member with long inner axes
+        (torchjd's autogram has this Gramian for linear layers): cheaper than the per-task
+        gradients when the batch is small next to the layer."""
+        members, rows, _ = inputs.shape
+        products = torch.baddbmm(inputs.new_ones(()), inputs, inputs.transpose(1, 2))
+        products.mul_(torch.bmm(output_grads, output_grads.transpose(1, 2)))
+        per_task = rows // tasks
+        return products.view(members, tasks, per_task, tasks, per_task).sum(dim=(0, 2, 4))
+
     def combined_gradients(self, inputs: Tensor, output_grads: Tensor, row_weights: Tensor):
         """The gradient of ``Σ_k w_k L_k`` for this shared layer from the inputs and output
         gradients of ``Σ_k L_k``: each row's output gradient weighted by its task's ``w_k``
@@ -121,6 +145,10 @@ class EnsembleMLP(nn.Module):
     parameters, every other parameter is shared by all tasks. A per-task output layer is the
     usual multi-head network; other layers can be made task-specific as Recon proposes.
 
+    ``init="torch"`` draws every layer as ``nn.Linear`` does (U(±1/√fan_in)); ``"he"``, as the
+    JAX Meta-World+ and parameter-scaling code do, draws hidden weights He-uniform
+    (U(±√(6/fan_in))), hidden biases zero and the output layer U(±``head_bound``).
+
     ``forward`` takes one of three batch layouts: ``"mixed"`` samples of any tasks (each picks
     its own copy of a task-specific layer); ``"single"`` samples all of one task, as in the
     per-task slices of a vmapped training batch (the copy is picked once for the batch); and
@@ -137,8 +165,12 @@ class EnsembleMLP(nn.Module):
         members: int = 1,
         num_tasks: int = 1,
         task_layers: Iterable[int] = (),
+        init: str = "torch",
+        head_bound: float = 1e-3,
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init={init!r}; valid: {', '.join(INITS)}")
         dims = [in_dim, *hidden, out_dim]
         self.members = members
         self.task_layers = sorted(set(task_layers))
@@ -147,8 +179,23 @@ class EnsembleMLP(nn.Module):
                 f"task-specific layers {self.task_layers} do not exist: the network has layers "
                 f"0..{len(dims) - 2}"
             )
+        last = len(dims) - 2
+
+        def bounds(index: int, fan_in: int) -> tuple[float | None, float | None]:
+            if init == "torch":
+                return None, None
+            if index == last:
+                return head_bound, head_bound
+            return math.sqrt(6 / fan_in), 0.0  # He (Kaiming) uniform for ReLU, zero biases
+
         self.layers = nn.ModuleList(
-            EnsembleLinear(members, num_tasks if i in self.task_layers else 1, fan_in, fan_out)
+            EnsembleLinear(
+                members,
+                num_tasks if i in self.task_layers else 1,
+                fan_in,
+                fan_out,
+                *bounds(i, fan_in),
+            )
             for i, (fan_in, fan_out) in enumerate(itertools.pairwise(dims))
         )
 
@@ -204,7 +251,13 @@ class MultiTaskNetwork(nn.Module):
 
 
 class Actor(MultiTaskNetwork):
-    """Tanh-squashed Gaussian policy with a log standard deviation bounded by a tanh."""
+    """Tanh-squashed Gaussian policy with a bounded log standard deviation.
+
+    ``log_std_bounding="tanh"`` maps the network's output onto the bounds through a tanh (the
+    facebookresearch/mtrl code), which puts σ near e^(−9) ≈ 1e-4 at initialisation for the
+    default [−20, 2]; ``"clamp"`` clips it to them (SB3, and the JAX Meta-World+ code), which
+    starts near σ = 1.
+    """
 
     def __init__(
         self,
@@ -215,18 +268,32 @@ class Actor(MultiTaskNetwork):
         num_tasks: int,
         task_layers: Iterable[int] = (),
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
+        log_std_bounding: str = "tanh",
+        init: str = "torch",
     ) -> None:
         super().__init__()
+        if log_std_bounding not in LOG_STD_BOUNDINGS:
+            valid = ", ".join(LOG_STD_BOUNDINGS)
+            raise ValueError(f"log_std_bounding={log_std_bounding!r}; valid: {valid}")
         self.num_tasks = num_tasks
         self.log_std_min, self.log_std_max = log_std_bounds
+        self.log_std_bounding = log_std_bounding
         self.net = EnsembleMLP(
-            obs_dim, hidden, 2 * action_dim, num_tasks=num_tasks, task_layers=task_layers
+            obs_dim,
+            hidden,
+            2 * action_dim,
+            num_tasks=num_tasks,
+            task_layers=task_layers,
+            init=init,
+            head_bound=1e-3,
         )
 
     def distribution(self, obs: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the Gaussian before the tanh."""
         out = self.net(obs, obs[..., -self.num_tasks :], layout)[0]
         mean, log_std = out.chunk(2, dim=-1)
+        if self.log_std_bounding == "clamp":
+            return mean, log_std.clamp(self.log_std_min, self.log_std_max)
         span = self.log_std_max - self.log_std_min
         return mean, self.log_std_min + 0.5 * span * (torch.tanh(log_std) + 1)
 
@@ -259,6 +326,7 @@ class Critic(MultiTaskNetwork):
         num_tasks: int,
         task_layers: Iterable[int] = (),
         n_critics: int = 2,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
@@ -269,6 +337,8 @@ class Critic(MultiTaskNetwork):
             members=n_critics,
             num_tasks=num_tasks,
             task_layers=task_layers,
+            init=init,
+            head_bound=3e-3,
         )
 
     def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:

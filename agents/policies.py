@@ -30,7 +30,12 @@ class MTSACPolicy(BasePolicy):
         n_critics: number of Q-functions (their minimum is used, as in SAC).
         optimizer: ``"adam"``, or ``"adatask"`` for Adam moments kept per task on the shared
             parameters (:class:`mtrl.optim.AdaTask`).
+        adam_eps: Adam's ε (the JAX Meta-World+ and parameter-scaling code use 1e-5).
         log_std_bounds: range of the actor's log standard deviation.
+        log_std_bounding: ``"tanh"`` or ``"clamp"`` onto that range (see
+            :class:`mtrl.agents.networks.Actor`).
+        init: ``"torch"`` or ``"he"`` initialisation (see
+            :class:`mtrl.agents.networks.EnsembleMLP`).
     """
 
     actor: Actor
@@ -50,7 +55,10 @@ class MTSACPolicy(BasePolicy):
         critic_task_layers: Sequence[int] = (),
         n_critics: int = 2,
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
+        log_std_bounding: str = "tanh",
+        init: str = "torch",
         optimizer: str = "adam",
+        adam_eps: float = 1e-8,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -73,6 +81,7 @@ class MTSACPolicy(BasePolicy):
         self.n_critics = n_critics
         heads = [len(self.net_arch)] if multi_head else []
         self.log_std_bounds = tuple(log_std_bounds)
+        self.log_std_bounding, self.init, self.adam_eps = log_std_bounding, init, adam_eps
         self.actor = Actor(
             obs_dim,
             action_dim,
@@ -80,6 +89,8 @@ class MTSACPolicy(BasePolicy):
             num_tasks=num_tasks,
             task_layers=[*self.actor_task_layers, *heads],
             log_std_bounds=self.log_std_bounds,
+            log_std_bounding=log_std_bounding,
+            init=init,
         )
         self.critic = Critic(
             obs_dim,
@@ -88,6 +99,7 @@ class MTSACPolicy(BasePolicy):
             num_tasks=num_tasks,
             task_layers=[*self.critic_task_layers, *heads],
             n_critics=n_critics,
+            init=init,
         )
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
@@ -96,12 +108,13 @@ class MTSACPolicy(BasePolicy):
         lr = lr_schedule(1)
         for network in (self.actor, self.critic):
             if optimizer == "adatask":
-                network.optimizer = AdaTask(network.parameters(), num_tasks, lr=lr)
+                network.optimizer = AdaTask(network.parameters(), num_tasks, lr=lr, eps=adam_eps)
             else:
                 kwargs = dict(self.optimizer_kwargs)
                 if optimizer_class is torch.optim.Adam:
                     # fused Adam can skip a non-finite step on the device, without a host sync
                     kwargs.setdefault("fused", True)
+                    kwargs.setdefault("eps", adam_eps)
                 network.optimizer = optimizer_class(network.parameters(), lr=lr, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -114,7 +127,10 @@ class MTSACPolicy(BasePolicy):
             critic_task_layers=self.critic_task_layers,
             n_critics=self.n_critics,
             log_std_bounds=self.log_std_bounds,
+            log_std_bounding=self.log_std_bounding,
+            init=self.init,
             optimizer=self.optimizer_name,
+            adam_eps=self.adam_eps,
         )
         return data
 

@@ -53,6 +53,9 @@ UPDATE_MODES = ("products", "backward")
 # Under "auto", a layer's per-task gradients are stored when they take at most this many times
 # the memory of the layer's inputs and outputs (docs/benchmarks.md has the measurements).
 STORE_RATIO = 2.0
+# A Gram-first layer's Gram matrix comes from the products of its rows while that takes at most
+# this many times the multiply-adds of its per-task gradients, which run in short products.
+ROWS_RATIO = 2.0
 
 
 def finite(*tensors: Tensor) -> Tensor:
@@ -117,6 +120,16 @@ def stores(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
     return per_task <= STORE_RATIO * members * rows * (fan_in + fan_out)
 
 
+def by_rows(layer_inputs: Tensor, output_grads: Tensor) -> bool:
+    """Whether a Gram-first layer's Gram matrix is cheaper from the products of its rows (``N²
+    (in + out)`` multiply-adds in a few long products) than from blocks of per-task gradients
+    (``N · in · out`` in products only B long): up to :data:`ROWS_RATIO` times the work, it is
+    (docs/benchmarks.md). Its ``N × N`` matrices are then no larger than the layer's inputs."""
+    _, rows, fan_in = layer_inputs.shape
+    fan_out = output_grads.shape[-1]
+    return rows * (fan_in + fan_out) <= ROWS_RATIO * fan_in * fan_out
+
+
 def block_columns(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> int:
     """How many output columns of a Gram-first layer's per-task gradients are formed at once:
     blocks of half what :func:`stores` would store, about ``STORE_RATIO × B`` columns for a
@@ -137,6 +150,8 @@ class MultiTaskBackward:
         per_task_gradients: one of :data:`GRADIENT_MODES`.
         gram_update: one of :data:`UPDATE_MODES`, for the layers formed Gram-first.
         compile: ``torch.compile`` the method's K×K computation.
+        max_grad_norm: clip the combined update to this global norm before the step (``None``:
+            no clipping), as the parameter-scaling recipe does (1.0).
     """
 
     def __init__(
@@ -147,8 +162,12 @@ class MultiTaskBackward:
         per_task_gradients: str = "auto",
         gram_update: str = "products",
         compile: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         gradients, update = per_task_gradients, gram_update
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        self.max_grad_norm = max_grad_norm
         self.check(aggregator, gradients, update)
         if isinstance(optimizer, AdaTask):
             if gradients == "gram":
@@ -303,6 +322,8 @@ class MultiTaskBackward:
 
     @staticmethod
     def _gram_first(layer: nn.Module, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+        if by_rows(inputs, output_grads):
+            return layer.task_gram_by_rows(inputs, output_grads, tasks)
         columns = block_columns(inputs, output_grads, tasks)
         return layer.task_gram(inputs, output_grads, tasks, columns)
 
@@ -326,6 +347,10 @@ class MultiTaskBackward:
             )
 
     def _step(self, ok: Tensor) -> None:
+        if self.max_grad_norm is not None:
+            # foreach norms and scaling on the device: no host sync
+            grads = [p for p in self.network.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm, foreach=True)
         step_if_finite(self.optimizer, ok)
         self.skipped += ~ok
 

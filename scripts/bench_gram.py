@@ -14,8 +14,8 @@ For every (K tasks, width) the script times, in alternating turns, one full MTSA
 Peak memory is taken in a separate process per configuration: on the CPU, the peak resident
 memory during an update minus the resident memory just before it (with every block of 1 MB or
 more mapped on its own and a ``malloc_trim`` first, so that freed memory is not counted); on
-CUDA, ``max_memory_allocated`` minus the memory allocated before. Prints milliseconds and MB, and each way's ratio to the
-floor.
+CUDA, ``max_memory_allocated`` minus the memory allocated before. Prints milliseconds and MB,
+and each way's ratio to the floor.
 
     python scripts/bench_gram.py --tasks 10 --widths 400 1024 --methods gradops
     python scripts/bench_gram.py --tasks 10 50 --widths 1024 --methods gradops pcgrad cagrad

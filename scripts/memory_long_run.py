@@ -7,7 +7,7 @@ it is full; after that, a leak shows as growth from one evaluation to the next. 
 Meta-World framework see memory grow at every evaluation until MT50 runs are killed.
 
     python scripts/memory_long_run.py --minutes 25          # at least 20 for the record
-    python scripts/memory_long_run.py --minutes 1 --eval-every 200   # a quick look
+    python scripts/memory_long_run.py --minutes 1 --eval-every 200 --buffer 400  # a quick look
 
 It prints one line per evaluation and, at the end, the growth from the first evaluation after the
 buffer filled to the last one (the goal: under 5 %).
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2000, help="vector steps")
     parser.add_argument("--eval-episodes", type=int, default=2, help="per task")
     parser.add_argument(
-        "--buffer", type=int, default=50_000, help="replay capacity over all tasks (fills early)"
+        "--buffer", type=int, default=5_000, help="replay capacity per task (fills early)"
     )
     parser.add_argument("--method", default="gradops")
     args = parser.parse_args()
@@ -80,7 +80,7 @@ def main() -> None:
         f"method={args.method}",
         "agent.net_arch=[64,64]",
         "agent.batch_size_per_task=32",
-        f"agent.buffer_size={args.buffer}",
+        f"agent.buffer_size_per_task={args.buffer}",
         f"eval.every={args.eval_every}",
         f"eval.episodes={args.eval_episodes}",
         "checkpoint.every=1000000",

@@ -150,3 +150,37 @@ def test_auto_stores_a_layer_while_its_per_task_gradients_are_small(width, store
     assert 2 * STORE_RATIO * 128 == 512
     # a first layer (Meta-World's 39 values and the one-hot in) is stored at any width
     assert stores(*layer_shapes(49, 4096, 10, 128), 10)
+
+
+def test_clipping_bounds_the_global_norm_of_the_update():
+    network, loss_fn, task_inputs, shared_inputs = network_case("critic", [])
+    _, free = step_once(network, loss_fn, task_inputs, shared_inputs, seeded("gradops"))
+    _, clipped = step_once(
+        network, loss_fn, task_inputs, shared_inputs, seeded("gradops"), max_grad_norm=1e-3
+    )
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in clipped.values()]))
+    assert float(norm) == pytest.approx(1e-3, rel=1e-4)
+    for name, grad in free.items():  # the same direction, shorter
+        torch.testing.assert_close(clipped[name], grad * (clipped[name].norm() / grad.norm()))
+
+
+@pytest.mark.parametrize(("fan_in", "fan_out", "rows_cheaper"), [(7, 48, False), (40, 48, True)])
+def test_a_layer_gram_from_blocks_or_from_rows_is_that_of_its_per_task_gradients(
+    fan_in, fan_out, rows_cheaper
+):
+    from mtrl.agents.networks import EnsembleLinear
+    from mtrl.backward import block_columns, by_rows
+    from mtrl.jacobian import task_gram
+
+    torch.manual_seed(0)
+    layer, tasks, members = EnsembleLinear(2, 1, fan_in, fan_out), 4, 2
+    inputs = torch.randn(members, tasks * 6, fan_in, dtype=torch.float64)
+    output_grads = torch.randn(members, tasks * 6, fan_out, dtype=torch.float64)
+    stored = layer.per_task_gradients(inputs, output_grads, tasks)
+    expected = sum(task_gram(g) for g in stored.values())
+    assert by_rows(inputs, output_grads) == rows_cheaper
+    for columns in (1, 5, block_columns(inputs, output_grads, tasks), fan_out):
+        got = layer.task_gram(inputs, output_grads, tasks, columns)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)
+    got = layer.task_gram_by_rows(inputs, output_grads, tasks)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)

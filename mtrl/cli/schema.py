@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
+from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.aggregators import available
 from mtrl.aggregators.base import aggregator_class
@@ -27,6 +28,7 @@ from mtrl.envs.benchmarks import (
     MAX_EPISODE_LENGTH,
     REWARD_VERSIONS,
     VECTOR_STRATEGIES,
+    task_names,
 )
 
 
@@ -137,11 +139,15 @@ class AgentConfig:
     critic_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
     n_critics: int = valid(2, COUNT)
     log_std_bounds: list[float] = valid([-20.0, 2.0], Each(Interval(), least=2))
+    log_std_bounding: str = valid("tanh", OneOf(LOG_STD_BOUNDINGS))
+    init: str = valid("torch", OneOf(INITS))
+    adam_eps: float = valid(1e-8, Interval(0, 1, open_low=True))
+    max_grad_norm: float | None = valid(None, Interval(low=0, open_low=True, optional=True))
     learning_rate: float = valid(3e-4, Interval(0, 1, open_low=True))
     gamma: float = valid(0.99, Interval(0, 1))
     tau: float = valid(0.005, Interval(0, 1, open_low=True))
     batch_size_per_task: int = valid(128, COUNT)
-    buffer_size: int = valid(1_000_000, COUNT)
+    buffer_size_per_task: int = valid(100_000, COUNT)
     warmup_steps: int = valid(1500, Interval(low=0, integer=True))
     gradient_steps: int = valid(1, COUNT)
     initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
@@ -180,6 +186,32 @@ class TrainConfig:
     verbose: int = valid(0, Interval(0, 2, integer=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# Agent keys that earlier versions did not write, with the values that reproduce what their
+# runs did (not today's defaults, which may be another recipe's).
+EARLIER_AGENT_VALUES = {
+    "gram_update": "products",
+    "log_std_bounding": "tanh",
+    "init": "torch",
+    "adam_eps": 1e-8,
+    "max_grad_norm": None,
+}
+
+
+def upgrade(config: DictConfig) -> DictConfig:
+    """A run's saved config in today's keys, meaning what it meant when it was written: the
+    replay capacity over all tasks (``agent.buffer_size``) becomes the same capacity per task,
+    and keys that did not exist get the values the run used."""
+    agent = config.agent
+    if "buffer_size" in agent:
+        tasks = len(task_names(config.benchmark.name, config.benchmark.get("task")))
+        agent.buffer_size_per_task = max(agent.buffer_size // tasks, 1)
+        del agent["buffer_size"]
+    for key, value in EARLIER_AGENT_VALUES.items():
+        if key not in agent:
+            agent[key] = value
+    return config
 
 
 def method_schema(name: str) -> type:

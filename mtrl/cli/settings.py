@@ -82,21 +82,17 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[
             f"agent.log_std_bounds must be [low, high] with low < high, got "
             f"{agent['log_std_bounds']}"
         )
-    if agent["buffer_size"] < num_tasks:
-        raise ConfigError(
-            f"agent.buffer_size={agent['buffer_size']} holds fewer transitions than the "
-            f"{num_tasks} tasks; it counts transitions over all tasks"
-        )
     return {
         "learning_rate": float(agent["learning_rate"]),
         "gamma": float(agent["gamma"]),
         "tau": float(agent["tau"]),
         "batch_size": agent["batch_size_per_task"] * num_tasks,
-        "buffer_size": agent["buffer_size"],
+        "buffer_size": agent["buffer_size_per_task"] * num_tasks,
         "learning_starts": agent["warmup_steps"] * num_tasks,
         "gradient_steps": agent["gradient_steps"],
         "initial_alpha": float(agent["initial_alpha"]),
         "compile_aggregator": agent["compile_aggregator"],
+        "max_grad_norm": agent["max_grad_norm"],
         "recon_threshold": float(agent["recon_threshold"]),
         "per_task_gradients": agent["per_task_gradients"],
         "gram_update": agent["gram_update"],
@@ -111,7 +107,10 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[
             ),
             "n_critics": agent["n_critics"],
             "log_std_bounds": [float(low), float(high)],
+            "log_std_bounding": agent["log_std_bounding"],
+            "init": agent["init"],
             "optimizer": optimizer,
+            "adam_eps": float(agent["adam_eps"]),
         },
     }
 

@@ -111,7 +111,7 @@ def resume_config(cfg: DictConfig, run_dir: Path, given: set[str]) -> DictConfig
             f"a resumed run keeps its own config, so {changed} cannot change; "
             f"only {', '.join(RESUMABLE_OVERRIDES)} can"
         )
-    config = OmegaConf.load(saved)
+    config = schema.upgrade(OmegaConf.load(saved))
     for key in sorted(set(given) & set(RESUMABLE_OVERRIDES)):
         config[key] = cfg[key]
     config.resume = str(run_dir)
@@ -241,7 +241,7 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
     Returns ``None`` when that run finished its budget (skip it), else the config to run with:
     resumed from its newest checkpoint, or started afresh if it stopped before the first one.
     """
-    saved = OmegaConf.load(run_dir / CONFIG)
+    saved = OmegaConf.to_container(schema.upgrade(OmegaConf.load(run_dir / CONFIG)))
     current = OmegaConf.to_container(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
     differing = sorted(
         key

@@ -145,3 +145,45 @@ def test_gram_path_equals_the_parameter_space_projections(jacobian):
     update, _, _ = aggregate(GradOPS(ridge=1e-12), jacobian)
     expected = reference_gradops(jacobian)
     assert (update - expected).norm() < 1e-6 * jacobian.norm(dim=1).max()
+
+
+def with_near_duplicate(jacobian: torch.Tensor, cosine: float) -> torch.Tensor:
+    """``jacobian`` with task 1 turned to the given cosine with task 0 (its length kept)."""
+    jacobian = jacobian.clone()
+    unit = jacobian[0] / jacobian[0].norm()
+    rest = jacobian[1] - (jacobian[1] @ unit) * unit
+    turned = cosine * unit + math.sqrt(1 - cosine**2) * rest / rest.norm()
+    jacobian[1] = turned * jacobian[1].norm()
+    return jacobian
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    jacobian=jacobians(sizes=(3, 10, 50)),
+    cosine=st.sampled_from([0.99, 0.995, 0.9999, 0.99995]),
+    alpha=st.sampled_from([-5.0, -3.0, -1.0, 2.0]),
+)
+def test_a_trade_off_keeps_a_quarter_of_the_plain_update_and_conflicts_with_no_task(
+    jacobian, cosine, alpha
+):
+    """With a task nearly in another's span, α < 0 used to hand it all the weight and shrink
+    the update to almost nothing (‖d‖ / ‖g0‖: 3.16 at α = 0, 0.098 at α = −3 for K = 10)."""
+    jacobian = with_near_duplicate(jacobian, cosine)
+    plain, _, _ = aggregate(GradOPS(), jacobian)
+    traded, weights, _ = aggregate(GradOPS(alpha=alpha), jacobian)
+    assert traded.norm() >= (0.25 - 1e-6) * plain.norm()
+    # orthogonality holds up to the ridge's error, ε / λ_min of the cosine matrix, which the
+    # near-duplicate pair makes small
+    unit = jacobian / jacobian.norm(dim=1, keepdim=True)
+    ridge_error = GradOPS().ridge / torch.linalg.eigvalsh(unit @ unit.T).min()
+    assert cosines_with(jacobian, traded).min() > -(TOL + ridge_error)
+    assert torch.isfinite(weights).all()
+
+
+def test_the_published_reproducer_no_longer_collapses():
+    torch.manual_seed(0)
+    jacobian = with_near_duplicate(torch.randn(10, 2000, dtype=torch.float64), 0.995)
+    plain, _, _ = aggregate(GradOPS(), jacobian)
+    traded, _, _ = aggregate(GradOPS(alpha=-3), jacobian)
+    assert plain.norm() / jacobian[0].norm() == pytest.approx(2.79, abs=0.01)
+    assert traded.norm() / plain.norm() == pytest.approx(0.25, rel=1e-6)

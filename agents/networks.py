@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtrl.jacobian import task_gram
+from mtrl.jacobian import member_grams
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 INITS = ("torch", "he")
@@ -24,6 +24,37 @@ LOG_TWO = math.log(2.0)
 
 def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+
+def linear_grams(inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
+    """Each member's Gram matrix ``[members, K, K]`` of an affine map's per-task gradients, from
+    its grouped inputs ``[members, N, in]`` and output gradients ``[members, N, out]``, never
+    holding all of them: the weight gradients are formed ``columns`` output columns at a time
+    (``[K, in, columns]`` per member), and the blocks' Gram matrices are summed."""
+    members, rows, fan_in = inputs.shape
+    fan_out = output_grads.shape[-1]
+    h = inputs.reshape(members * tasks, rows // tasks, fan_in).transpose(1, 2)
+    delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
+    bias = delta.sum(dim=1).view(members, tasks, fan_out)
+    grams = torch.bmm(bias, bias.transpose(1, 2))
+    for start in range(0, fan_out, columns):
+        block = torch.bmm(h, delta[:, :, start : start + columns])  # [E·K, in, columns]
+        grams = grams + member_grams(block.view(members, tasks, fan_in, -1).transpose(0, 1))
+        del block  # before the next one is made: one block at a time
+    return grams
+
+
+def linear_grams_by_rows(inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+    """The same Gram matrices from the products of rows, never forming a weight gradient:
+    ``⟨h_kᵀδ_k, h_lᵀδ_l⟩ = Σ_{i∈k, j∈l} (h_i·h_j)(δ_i·δ_j)``, with a constant 1 appended to
+    every ``h_i`` for the bias. Two ``N × N`` products per member with long inner axes
+    (torchjd's autogram has this Gramian for linear layers): cheaper than the per-task
+    gradients when the batch is small next to the layer."""
+    members, rows, _ = inputs.shape
+    products = torch.baddbmm(inputs.new_ones(()), inputs, inputs.transpose(1, 2))
+    products.mul_(torch.bmm(output_grads, output_grads.transpose(1, 2)))
+    per_task = rows // tasks
+    return products.view(members, tasks, per_task, tasks, per_task).sum(dim=(2, 4))
 
 
 class EnsembleLinear(nn.Module):
@@ -94,32 +125,13 @@ class EnsembleLinear(nn.Module):
         }
 
     def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
-        """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them:
-        the weight gradients are formed ``columns`` output columns at a time (``[K, in,
-        columns]`` per member), and the blocks' Gram matrices are summed."""
-        members, rows, fan_in = inputs.shape
-        fan_out = output_grads.shape[-1]
-        h = inputs.reshape(members * tasks, rows // tasks, fan_in).transpose(1, 2)
-        delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
-        bias = delta.sum(dim=1).view(members, tasks, fan_out)
-        gram = torch.bmm(bias, bias.transpose(1, 2)).sum(dim=0)
-        for start in range(0, fan_out, columns):
-            block = torch.bmm(h, delta[:, :, start : start + columns])  # [E·K, in, columns]
-            gram = gram + task_gram(block.view(members, tasks, fan_in, -1).transpose(0, 1))
-            del block  # before the next one is made: one block at a time
-        return gram
+        """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them
+        (see :func:`linear_grams`)."""
+        return linear_grams(inputs, output_grads, tasks, columns).sum(dim=0)
 
     def task_gram_by_rows(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
-        """The same ``J_l J_lᵀ`` from the products of rows, never forming a weight gradient:
-        ``⟨h_kᵀδ_k, h_lᵀδ_l⟩ = Σ_{i∈k, j∈l} (h_i·h_j)(δ_i·δ_j)``, with a constant 1 appended to
-        every ``h_i`` for the bias. Two ``N × N`` products per member with long inner axes
-        (torchjd's autogram has this Gramian for linear layers): cheaper than the per-task
-        gradients when the batch is small next to the layer."""
-        members, rows, _ = inputs.shape
-        products = torch.baddbmm(inputs.new_ones(()), inputs, inputs.transpose(1, 2))
-        products.mul_(torch.bmm(output_grads, output_grads.transpose(1, 2)))
-        per_task = rows // tasks
-        return products.view(members, tasks, per_task, tasks, per_task).sum(dim=(0, 2, 4))
+        """The same ``J_l J_lᵀ`` from the products of rows (see :func:`linear_grams_by_rows`)."""
+        return linear_grams_by_rows(inputs, output_grads, tasks).sum(dim=0)
 
     def combined_gradients(self, inputs: Tensor, output_grads: Tensor, row_weights: Tensor):
         """The gradient of ``Σ_k w_k L_k`` for this shared layer from the inputs and output
@@ -210,6 +222,15 @@ class EnsembleMLP(nn.Module):
         """The layers every task shares, named ``layer<i>`` (0 is the first)."""
         return {f"layer{i}": layer for i, layer in enumerate(self.layers) if layer.shared}
 
+    def forward_rows(self, h: Tensor) -> Tensor:
+        """``[members, N, in]`` (each member its own rows) → ``[members, N, out]``; for networks
+        without task-specific layers."""
+        for index, layer in enumerate(self.layers):
+            h = layer(h, None, "mixed", 1)
+            if index < len(self.layers) - 1:
+                h = torch.relu(h)
+        return h
+
     def forward(self, x: Tensor, task_onehot: Tensor, layout: str = "mixed") -> Tensor:
         """``x`` of shape ``[..., in]`` → ``[members, ..., out]``."""
         lead = x.shape[:-1]
@@ -220,6 +241,30 @@ class EnsembleMLP(nn.Module):
             if index < len(self.layers) - 1:
                 h = torch.relu(h)
         return h.view(self.members, *lead, h.shape[-1])
+
+
+def _body(network, options, full_dim, state_dim, out_dim, hidden, *, members, num_tasks,
+          task_layers, init, head_bound) -> nn.Module:  # fmt: skip
+    """The network of an actor or a critic: the plain (multi-head) MLP on the whole input, or
+    one of :mod:`mtrl.agents.architectures` on the state and the task id apart."""
+    if network in ("mlp", "multi-head"):
+        heads = [len(hidden)] if network == "multi-head" else []
+        body = EnsembleMLP(
+            full_dim, hidden, out_dim, members=members, num_tasks=num_tasks,
+            task_layers=[*task_layers, *heads], init=init, head_bound=head_bound,
+        )  # fmt: skip
+        body.modular = False
+        return body
+    from mtrl.agents import architectures  # they are built from this module's layers
+
+    if list(task_layers):
+        raise ValueError(f"task-specific layers (Recon's) need network=mlp, not {network!r}")
+    body = architectures.build(
+        network, state_dim, out_dim, members=members, num_tasks=num_tasks, hidden=hidden,
+        init=init, head_bound=head_bound, **(options or {}),
+    )  # fmt: skip
+    body.modular = True
+    return body
 
 
 class MultiTaskNetwork(nn.Module):
@@ -270,6 +315,8 @@ class Actor(MultiTaskNetwork):
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
         log_std_bounding: str = "tanh",
         init: str = "torch",
+        network: str = "mlp",
+        network_options: dict | None = None,
     ) -> None:
         super().__init__()
         if log_std_bounding not in LOG_STD_BOUNDINGS:
@@ -278,19 +325,16 @@ class Actor(MultiTaskNetwork):
         self.num_tasks = num_tasks
         self.log_std_min, self.log_std_max = log_std_bounds
         self.log_std_bounding = log_std_bounding
-        self.net = EnsembleMLP(
-            obs_dim,
-            hidden,
-            2 * action_dim,
-            num_tasks=num_tasks,
-            task_layers=task_layers,
-            init=init,
-            head_bound=1e-3,
-        )
+        self.net = _body(
+            network, network_options, obs_dim, obs_dim - num_tasks, 2 * action_dim, hidden,
+            members=1, num_tasks=num_tasks, task_layers=task_layers, init=init, head_bound=1e-3,
+        )  # fmt: skip
 
     def distribution(self, obs: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the Gaussian before the tanh."""
-        out = self.net(obs, obs[..., -self.num_tasks :], layout)[0]
+        onehot = obs[..., -self.num_tasks :]
+        state = obs[..., : -self.num_tasks] if self.net.modular else obs
+        out = self.net(state, onehot, layout)[0]
         mean, log_std = out.chunk(2, dim=-1)
         if self.log_std_bounding == "clamp":
             return mean, log_std.clamp(self.log_std_min, self.log_std_max)
@@ -327,23 +371,24 @@ class Critic(MultiTaskNetwork):
         task_layers: Iterable[int] = (),
         n_critics: int = 2,
         init: str = "torch",
+        network: str = "mlp",
+        network_options: dict | None = None,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
-        self.net = EnsembleMLP(
-            obs_dim + action_dim,
-            hidden,
-            1,
-            members=n_critics,
-            num_tasks=num_tasks,
-            task_layers=task_layers,
-            init=init,
-            head_bound=3e-3,
-        )
+        inputs = obs_dim + action_dim
+        self.net = _body(
+            network, network_options, inputs, inputs - num_tasks, 1, hidden, members=n_critics,
+            num_tasks=num_tasks, task_layers=task_layers, init=init, head_bound=3e-3,
+        )  # fmt: skip
 
     def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:
         onehot = obs[..., -self.num_tasks :]
-        return self.net(torch.cat([obs, action], dim=-1), onehot, layout)[..., 0]
+        if self.net.modular:  # the state and the action, the task id apart
+            inputs = torch.cat([obs[..., : -self.num_tasks], action], dim=-1)
+        else:  # the observation (the task id last) and the action, as multi-task SAC has it
+            inputs = torch.cat([obs, action], dim=-1)
+        return self.net(inputs, onehot, layout)[..., 0]
 
     def shared_layers(self) -> dict[str, nn.Module]:
         return self.net.shared_layers()

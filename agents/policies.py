@@ -36,6 +36,9 @@ class MTSACPolicy(BasePolicy):
             :class:`mtrl.agents.networks.Actor`).
         init: ``"torch"`` or ``"he"`` initialisation (see
             :class:`mtrl.agents.networks.EnsembleMLP`).
+        network: ``"mlp"``, ``"multi-head"`` (as ``multi_head=True``), or one of the
+            architectures of :mod:`mtrl.agents.architectures` (``moore``, ``soft-modules``,
+            ``care``, ``paco``, ``film``), with its ``network_options``.
     """
 
     actor: Actor
@@ -57,6 +60,8 @@ class MTSACPolicy(BasePolicy):
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
         log_std_bounding: str = "tanh",
         init: str = "torch",
+        network: str = "mlp",
+        network_options: dict[str, Any] | None = None,
         optimizer: str = "adam",
         adam_eps: float = 1e-8,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -75,11 +80,14 @@ class MTSACPolicy(BasePolicy):
         action_dim = int(action_space.shape[0])
         self.net_arch = list(net_arch)
         self.num_tasks = num_tasks
-        self.multi_head = multi_head
         self.actor_task_layers = list(actor_task_layers)
         self.critic_task_layers = list(critic_task_layers)
         self.n_critics = n_critics
-        heads = [len(self.net_arch)] if multi_head else []
+        if multi_head and network not in ("mlp", "multi-head"):
+            raise ValueError(f"multi_head=True is network='multi-head', not {network!r}")
+        self.network = "multi-head" if multi_head else network
+        self.multi_head = self.network == "multi-head"
+        self.network_options = dict(network_options or {})
         self.log_std_bounds = tuple(log_std_bounds)
         self.log_std_bounding, self.init, self.adam_eps = log_std_bounding, init, adam_eps
         self.actor = Actor(
@@ -87,19 +95,23 @@ class MTSACPolicy(BasePolicy):
             action_dim,
             self.net_arch,
             num_tasks=num_tasks,
-            task_layers=[*self.actor_task_layers, *heads],
+            task_layers=self.actor_task_layers,
             log_std_bounds=self.log_std_bounds,
             log_std_bounding=log_std_bounding,
             init=init,
+            network=self.network,
+            network_options=self.network_options,
         )
         self.critic = Critic(
             obs_dim,
             action_dim,
             self.net_arch,
             num_tasks=num_tasks,
-            task_layers=[*self.critic_task_layers, *heads],
+            task_layers=self.critic_task_layers,
             n_critics=n_critics,
             init=init,
+            network=self.network,
+            network_options=self.network_options,
         )
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
@@ -129,6 +141,8 @@ class MTSACPolicy(BasePolicy):
             log_std_bounds=self.log_std_bounds,
             log_std_bounding=self.log_std_bounding,
             init=self.init,
+            network=self.network,
+            network_options=self.network_options,
             optimizer=self.optimizer_name,
             adam_eps=self.adam_eps,
         )

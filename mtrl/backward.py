@@ -112,12 +112,11 @@ def layer_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return list(layer.named_parameters(recurse=False))
 
 
-def stores(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
+def stores(layer: nn.Module, layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
     """Whether storing a layer's per-task gradients fits :data:`STORE_RATIO` (see above)."""
     members, rows, fan_in = layer_inputs.shape
-    fan_out = output_grads.shape[-1]
-    per_task = members * tasks * (fan_in + 1) * fan_out
-    return per_task <= STORE_RATIO * members * rows * (fan_in + fan_out)
+    per_task = tasks * sum(p.numel() for _, p in layer_parameters(layer))
+    return per_task <= STORE_RATIO * members * rows * (fan_in + output_grads.shape[-1])
 
 
 def by_rows(layer_inputs: Tensor, output_grads: Tensor) -> bool:
@@ -181,6 +180,16 @@ class MultiTaskBackward:
             mode = "reduce-overhead" if device.type == "cuda" else None
             self.weights_of = torch.compile(aggregator.weights, mode=mode, dynamic=False)
         self.summed = gradients == "none" or aggregator.loss_based
+        if not self.summed and gradients not in ("vmap", "loop"):
+            covered = {
+                id(p) for layer in network.shared_layers().values() for p in layer.parameters()
+            }
+            outside = [n for n, p in network.shared_parameters().items() if id(p) not in covered]
+            if outside:
+                raise ValueError(
+                    f"shared parameters {outside} lie outside the layers that form per-task "
+                    "gradients from one pass; use per_task_gradients='vmap' or 'loop'"
+                )
         self.layer_names = list(network.shared_layers())
         self.skipped = torch.zeros((), dtype=torch.int64, device=next(network.parameters()).device)
 
@@ -274,7 +283,7 @@ class MultiTaskBackward:
 
         def consume(label: str, layer: nn.Module, inputs: Tensor, output_grads: Tensor) -> bool:
             if self.gradients == "grouped" or (
-                self.gradients == "auto" and stores(inputs, output_grads, tasks)
+                self.gradients == "auto" and stores(layer, inputs, output_grads, tasks)
             ):
                 stored[label] = layer.per_task_gradients(inputs, output_grads, tasks)
                 grams[label] = sum(task_gram(g) for g in stored[label].values())

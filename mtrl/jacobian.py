@@ -113,9 +113,9 @@ def grouped_pass(
             handle.remove()
     own_names = list(network.task_specific_parameters())
     targets = [params[n] for n in own_names]
-    if layers:  # the pass must reach the first shared layer: its smallest parameter's gradient
-        first = next(iter(layers.values()))[0]
-        targets.append(min(first.parameters(), key=lambda p: p.numel()))
+    # The pass must reach every shared layer: each one's smallest parameter (its bias, whose
+    # gradient is a sum of the output gradients) is a target too.
+    targets += [min(layer.parameters(), key=lambda p: p.numel()) for layer, _, _ in layers.values()]
     try:
         grads = torch.autograd.grad(losses.sum(), targets, retain_graph=retain_graph)
     finally:
@@ -198,12 +198,17 @@ def _by_member(gradient: Tensor) -> Tensor:
 
 def task_gram(gradient: Tensor) -> Tensor:
     """``J_p J_pᵀ`` for one parameter's per-task gradients ``[K, *shape]``, without copying them."""
+    return member_grams(gradient).sum(dim=0)
+
+
+def member_grams(gradient: Tensor) -> Tensor:
+    """The Gram matrix of each ensemble member's share of per-task gradients ``[K, A, ...]``
+    (stored members first, see :func:`_by_member`), ``[A, K, K]``."""
     members = _by_member(gradient)
     rows = gradient.shape[-2] if gradient.dim() > 2 else 1
     if members.shape[-1] < ROW_BLOCKS_FROM or rows == 1:
-        return torch.bmm(members, members.transpose(1, 2)).sum(dim=0)
-    grams = [_gram_by_rows(member, rows) for member in members.unbind(0)]
-    return grams[0] if len(grams) == 1 else torch.stack(grams).sum(dim=0)
+        return torch.bmm(members, members.transpose(1, 2))
+    return torch.stack([_gram_by_rows(member, rows) for member in members.unbind(0)])
 
 
 # The number of column blocks a long Gram product is split into, at most: enough for every

@@ -145,11 +145,15 @@ def layer_shapes(width_in, width_out, tasks, batch_per_task, members=2):
 def test_auto_stores_a_layer_while_its_per_task_gradients_are_small(width, stored):
     # K·(in+1)·out against STORE_RATIO·N·(in+out) with N = K·B: for a square layer, stored
     # up to a width of about 2 · STORE_RATIO · B, whatever the number of tasks
+    from mtrl.agents.networks import EnsembleLinear
+
     for tasks in (10, 50):
-        assert stores(*layer_shapes(width, width, tasks, 128), tasks) == stored
+        layer = EnsembleLinear(2, 1, width, width)
+        assert stores(layer, *layer_shapes(width, width, tasks, 128), tasks) == stored
     assert 2 * STORE_RATIO * 128 == 512
     # a first layer (Meta-World's 39 values and the one-hot in) is stored at any width
-    assert stores(*layer_shapes(49, 4096, 10, 128), 10)
+    first = EnsembleLinear(2, 1, 49, 4096)
+    assert stores(first, *layer_shapes(49, 4096, 10, 128), 10)
 
 
 def test_clipping_bounds_the_global_norm_of_the_update():

@@ -11,6 +11,7 @@ and the papers; each ``configs/network/*.yaml`` cites them.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Sequence
@@ -379,11 +380,29 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
+def check_options(kind: str, options: dict) -> None:
+    """Refuse an unknown network, an unknown option, or a count or size that is not a positive
+    integer (a temperature not a positive number), naming the option; nothing is built."""
+    if kind not in ARCHITECTURES:
+        valid = ", ".join(["mlp", "multi-head", *ARCHITECTURES])
+        raise ValueError(f"unknown network {kind!r}; valid: {valid}")
+    parameters = inspect.signature(ARCHITECTURES[kind]).parameters
+    known = [p for p in parameters.values() if p.default is not inspect.Parameter.empty]
+    unknown = sorted(set(options) - {p.name for p in known})
+    if unknown:
+        raise ValueError(f"{kind}: no option {unknown}; valid: {', '.join(p.name for p in known)}")
+    for name, value in options.items():
+        positive = not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+        integer = isinstance(parameters[name].default, int)
+        if not positive or not math.isfinite(value) or (integer and not isinstance(value, int)):
+            kind_of = "an integer >= 1" if integer else "a positive number"
+            raise ValueError(f"{kind}: {name} must be {kind_of}, got {value!r}")
+
+
 def build(kind: str, state_dim: int, out_dim: int, *, members: int, num_tasks: int,
           hidden: Sequence[int], init: str, head_bound: float, **options) -> nn.Module:  # fmt: skip
     """The network ``kind`` (one of :data:`ARCHITECTURES`) with its own ``options``."""
-    if kind not in ARCHITECTURES:
-        raise ValueError(f"network={kind!r}; valid: {', '.join(ARCHITECTURES)}")
+    check_options(kind, options)
     return ARCHITECTURES[kind](
         state_dim, out_dim, members=members, num_tasks=num_tasks, hidden=list(hidden),
         init=init, head_bound=head_bound, **options,

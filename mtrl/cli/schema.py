@@ -9,6 +9,7 @@ the declared ranges and choices, before anything is built.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from mtrl.agents.architectures import ARCHITECTURES
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.aggregators import available
@@ -111,6 +113,7 @@ class Each:
 
 Rule = Interval | OneOf | Each
 COUNT = Interval(low=1, integer=True)  # an integer >= 1
+NETWORKS = ("mlp", "multi-head", *ARCHITECTURES)
 
 
 def valid(default: Any, rule: Rule) -> Any:
@@ -134,7 +137,6 @@ class BenchmarkConfig:
 @dataclass
 class AgentConfig:
     net_arch: list[int] = valid([400, 400, 400], Each(COUNT, least=1))
-    multi_head: bool = False
     actor_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
     critic_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
     n_critics: int = valid(2, COUNT)
@@ -174,6 +176,7 @@ class CheckpointConfig:
 class TrainConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     method: Any = MISSING  # typed by the method's own schema (method_schema)
+    network: Any = MISSING  # typed by the network's own schema (network_schema)
     agent: AgentConfig = field(default_factory=AgentConfig)
     seed: int = valid(0, Interval(low=0, integer=True))
     device: str = "auto"  # checked by resolve_device: auto, cpu, cuda, cuda:N
@@ -202,8 +205,13 @@ EARLIER_AGENT_VALUES = {
 def upgrade(config: DictConfig) -> DictConfig:
     """A run's saved config in today's keys, meaning what it meant when it was written: the
     replay capacity over all tasks (``agent.buffer_size``) becomes the same capacity per task,
-    and keys that did not exist get the values the run used."""
+    ``agent.multi_head`` the network group, and keys that did not exist get the values the run
+    used."""
     agent = config.agent
+    if "network" not in config:
+        config.network = {"name": "multi-head" if agent.get("multi_head") else "mlp"}
+    if "multi_head" in agent:
+        del agent["multi_head"]
     if "buffer_size" in agent:
         tasks = len(task_names(config.benchmark.name, config.benchmark.get("task")))
         agent.buffer_size_per_task = max(agent.buffer_size // tasks, 1)
@@ -226,13 +234,31 @@ def method_schema(name: str) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
+def network_schema(name: str) -> type:
+    """A dataclass with the network's config name and its options, typed and defaulted as its
+    constructor declares them (``configs/network/<name>.yaml`` sets the papers' values)."""
+    fields = [("name", str, field(default=name))]
+    if name in ARCHITECTURES:
+        signature = inspect.signature(ARCHITECTURES[name])
+        hints = typing.get_type_hints(ARCHITECTURES[name].__init__)
+        for parameter in signature.parameters.values():
+            if parameter.default is not inspect.Parameter.empty and parameter.name in hints:
+                fields.append(
+                    (parameter.name, hints[parameter.name], field(default=parameter.default))
+                )
+    return dataclasses.make_dataclass(f"{name.title().replace('-', '')}Network", fields)
+
+
 def register() -> None:
-    """Put the schemas in Hydra's config store: ``train_schema`` for ``configs/train.yaml``
-    and ``<method>_schema`` in the method group for each ``configs/method/<method>.yaml``."""
+    """Put the schemas in Hydra's config store: ``train_schema`` for ``configs/train.yaml``,
+    ``<method>_schema`` in the method group for each ``configs/method/<method>.yaml``, and
+    ``<network>_schema`` in the network group for each ``configs/network/<network>.yaml``."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name in available():
         store.store(group="method", name=f"{name}_schema", node=method_schema(name))
+    for name in NETWORKS:
+        store.store(group="network", name=f"{name}_schema", node=network_schema(name))
 
 
 def validate(config: dict[str, Any], schema: type = TrainConfig, prefix: str = "") -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtrl.agents import architectures
 from mtrl.aggregators import make_aggregator
 from mtrl.cli.schema import ConfigError, validate
 from mtrl.envs.benchmarks import BenchmarkSpec
@@ -73,8 +74,24 @@ def _layers(key: str, value: list[int], depth: int) -> list[int]:
     return list(value)
 
 
-def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[str, Any]:
-    """MTSAC's constructor arguments from the (validated) ``agent`` config group."""
+def agent_kwargs(
+    agent: dict[str, Any], num_tasks: int, optimizer: str, network: dict[str, Any]
+) -> dict[str, Any]:
+    """MTSAC's constructor arguments from the (validated) ``agent`` and ``network`` groups."""
+    network = dict(network)
+    name = network.pop("name")
+    if name not in ("mlp", "multi-head"):
+        try:
+            architectures.check_options(name, network)
+        except ValueError as error:
+            raise ConfigError(f"network: {error}") from error
+    if name not in ("mlp", "multi-head") and (
+        agent["actor_task_layers"] or agent["critic_task_layers"]
+    ):
+        raise ConfigError(
+            f"agent.actor_task_layers and agent.critic_task_layers (Recon's task-specific "
+            f"layers) need network=mlp or multi-head, not {name}"
+        )
     depth = len(agent["net_arch"]) + 1  # hidden layers and the output layer
     low, high = agent["log_std_bounds"][:2]
     if len(agent["log_std_bounds"]) != 2 or not low < high:
@@ -98,7 +115,8 @@ def agent_kwargs(agent: dict[str, Any], num_tasks: int, optimizer: str) -> dict[
         "gram_update": agent["gram_update"],
         "policy_kwargs": {
             "net_arch": list(agent["net_arch"]),
-            "multi_head": agent["multi_head"],
+            "network": name,
+            "network_options": network,
             "actor_task_layers": _layers(
                 "agent.actor_task_layers", agent["actor_task_layers"], depth
             ),
@@ -129,7 +147,9 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         aggregator = make_aggregator(name, **method)  # each method checks its own values
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
-    agent = agent_kwargs(container["agent"], benchmark.num_tasks, container["optimizer"])
+    agent = agent_kwargs(
+        container["agent"], benchmark.num_tasks, container["optimizer"], container["network"]
+    )
     if agent["per_task_gradients"] == "none" and aggregator.needs_gram:
         raise ConfigError(
             f"method {name!r} combines per-task gradients: agent.per_task_gradients must be "

@@ -4,12 +4,14 @@ range with a message that names the key and the value, before anything is built.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from mtrl.agents.architectures import ARCHITECTURES
 from mtrl.aggregators import available
 from mtrl.aggregators.base import aggregator_class
 from mtrl.cli.schema import Each, Interval, OneOf, TrainConfig
@@ -26,13 +28,14 @@ FREE_TEXT = {"resume", "sweep"}  # names: any text is one
 
 
 def leaves(schema: type, prefix: str = ""):
-    """(key, type, rule) of every leaf of the schema; ``method`` has schemas of its own."""
+    """(key, type, rule) of every leaf of the schema; ``method`` and ``network`` have schemas
+    of their own."""
     hints = typing.get_type_hints(schema)
     for spec in dataclasses.fields(schema):
         kind = hints[spec.name]
         if dataclasses.is_dataclass(kind):
             yield from leaves(kind, f"{prefix}{spec.name}.")
-        elif spec.name != "method":
+        elif spec.name not in ("method", "network"):
             yield f"{prefix}{spec.name}", kind, spec.metadata.get("valid")
 
 
@@ -108,6 +111,21 @@ def test_every_method_hyperparameter_refuses_a_bad_value_by_name(method, key, ki
             break
     else:
         pytest.fail(f"method.{key} of {method} accepted every value tried")
+
+
+def network_cases():
+    for name in ARCHITECTURES:
+        for option, spec in inspect.signature(ARCHITECTURES[name]).parameters.items():
+            if spec.default is not inspect.Parameter.empty:
+                yield pytest.param(name, option, id=f"{name}.{option}")
+
+
+@pytest.mark.parametrize(("network", "option"), list(network_cases()))
+def test_every_network_option_refuses_a_bad_value_by_name(network, option):
+    message = refusal(f"network={network}", f"network.{option}=abc")
+    assert f"full_key: network.{option}" in message and "'abc'" in message
+    message = refusal(f"network={network}", f"network.{option}=0")
+    assert f"network: {network}: {option} must be" in message and "got 0" in message
 
 
 def test_a_resumed_directory_that_is_no_run_says_so(tmp_path):

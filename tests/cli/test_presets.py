@@ -34,7 +34,7 @@ def test_the_wide_preset_trains_a_gram_based_method_at_a_small_width(tmp_path):
     assert model.replay_buffer.buffer_size == 500  # rows per task
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
     protocol = (tmp_path / "protocol.json").read_text()
-    assert '"multi_head": true' in protocol and '"max_grad_norm": 1.0' in protocol
+    assert '"network": "multi-head"' in protocol and '"max_grad_norm": 1.0' in protocol
 
 
 def test_a_run_config_from_before_the_per_task_keys_resumes_as_it_was(tmp_path):

@@ -190,3 +190,37 @@ def test_unknown_groups_list_the_valid_choices(override, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Available options" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["gradops", "mean"])
+@pytest.mark.parametrize("network", ["multi-head", "moore", "soft-modules", "care", "paco", "film"])
+def test_each_architecture_trains_on_mt10(network, method, mt10_env):
+    from tests.agents.test_architectures import SMALL
+
+    options = {"net_arch": [32, 32], "network": network, "network_options": SMALL.get(network, {})}
+    model = MTSAC(
+        "MlpPolicy",
+        mt10_env,
+        aggregator=method,
+        learning_starts=30 * 10,
+        batch_size=8 * 10,
+        buffer_size=5_000,
+        policy_kwargs=options,
+        seed=0,
+        device="cpu",
+    )
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(60 * 10)
+    assert model._n_updates == 30
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    changed = [
+        not torch.equal(a, p) for a, p in zip(before, model.policy.parameters(), strict=True)
+    ]
+    assert all(changed)
+
+
+def test_the_network_group_picks_an_architecture_from_the_command_line(tmp_path):
+    cfg = train_config("experiment=smoke", "network=care", "network.experts=3", "total_steps=60")
+    model = train_cli.run(cfg, tmp_path)
+    assert model.policy.network == "care" and model.actor.net.experts == 3
+    assert '"network": "care"' in (tmp_path / "protocol.json").read_text()

@@ -67,8 +67,9 @@ class MOORE(nn.Module):
     their outputs orthonormalised per sample (Gram–Schmidt), mixed by task-specific weights,
     a tanh, then one output head per task."""
 
-    def __init__(self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound,
-                 experts: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound, experts: int = 4
+    ) -> None:
         super().__init__()
         self.members, self.experts = members, experts
         self.expert_net = EnsembleMLP(
@@ -100,9 +101,22 @@ class SoftModules(nn.Module):
     module of the layer before for every module of its layer, from the routing embedding and the
     earlier routing weights; a last routing layer mixes the final modules for a single head."""
 
-    def __init__(self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound,
-                 modules: int = 2, layers: int = 2, module_width: int = 256,
-                 embedding_width: int = 400, width: int = 256) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dim,
+        out_dim,
+        *,
+        members,
+        num_tasks,
+        hidden,
+        init,
+        head_bound,
+        modules: int = 2,
+        layers: int = 2,
+        module_width: int = 256,
+        embedding_width: int = 400,
+        width: int = 256,
+    ) -> None:
         super().__init__()
         self.members, self.modules_ = members, modules
         self.state_embedding = EnsembleMLP(
@@ -164,9 +178,22 @@ class CARE(nn.Module):
     language model, which cannot be downloaded here: the task embedding is learned, as the JAX
     Meta-World+ code does."""
 
-    def __init__(self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound,
-                 experts: int = 6, encoder_width: int = 50, encoder_depth: int = 2,
-                 embedding_width: int = 50, temperature: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dim,
+        out_dim,
+        *,
+        members,
+        num_tasks,
+        hidden,
+        init,
+        head_bound,
+        experts: int = 6,
+        encoder_width: int = 50,
+        encoder_depth: int = 2,
+        embedding_width: int = 50,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.members, self.experts, self.temperature = members, experts, temperature
         encoder_hidden = [encoder_width] * encoder_depth
@@ -211,9 +238,20 @@ class FiLM(nn.Module):
     code): a learned task embedding gives one scale and one shift per layer of a small state
     encoder; the encoding and the task embedding go into the main MLP, single head."""
 
-    def __init__(self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound,
-                 encoder_width: int = 50, encoder_depth: int = 2,
-                 embedding_width: int = 50) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dim,
+        out_dim,
+        *,
+        members,
+        num_tasks,
+        hidden,
+        init,
+        head_bound,
+        encoder_width: int = 50,
+        encoder_depth: int = 2,
+        embedding_width: int = 50,
+    ) -> None:
         super().__init__()
         self.members = members
         encoder_hidden = [encoder_width] * encoder_depth
@@ -331,8 +369,9 @@ class PaCo(nn.Module):
     (a linear map of the one-hot, no softmax). The paper's loss maskout and weight reset are
     left out."""
 
-    def __init__(self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound,
-                 sets: int = 5) -> None:  # fmt: skip
+    def __init__(
+        self, state_dim, out_dim, *, members, num_tasks, hidden, init, head_bound, sets: int = 5
+    ) -> None:
         super().__init__()
         self.members = members
         self.compositions = TaskTable(members, num_tasks, sets, 1 / math.sqrt(num_tasks))
@@ -399,11 +438,27 @@ def check_options(kind: str, options: dict) -> None:
             raise ValueError(f"{kind}: {name} must be {kind_of}, got {value!r}")
 
 
-def build(kind: str, state_dim: int, out_dim: int, *, members: int, num_tasks: int,
-          hidden: Sequence[int], init: str, head_bound: float, **options) -> nn.Module:  # fmt: skip
+def build(
+    kind: str,
+    state_dim: int,
+    out_dim: int,
+    *,
+    members: int,
+    num_tasks: int,
+    hidden: Sequence[int],
+    init: str,
+    head_bound: float,
+    **options,
+) -> nn.Module:
     """The network ``kind`` (one of :data:`ARCHITECTURES`) with its own ``options``."""
     check_options(kind, options)
     return ARCHITECTURES[kind](
-        state_dim, out_dim, members=members, num_tasks=num_tasks, hidden=list(hidden),
-        init=init, head_bound=head_bound, **options,
-    )  # fmt: skip
+        state_dim,
+        out_dim,
+        members=members,
+        num_tasks=num_tasks,
+        hidden=list(hidden),
+        init=init,
+        head_bound=head_bound,
+        **options,
+    )

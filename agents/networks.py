@@ -243,16 +243,34 @@ class EnsembleMLP(nn.Module):
         return h.view(self.members, *lead, h.shape[-1])
 
 
-def _body(network, options, full_dim, state_dim, out_dim, hidden, *, members, num_tasks,
-          task_layers, init, head_bound) -> nn.Module:  # fmt: skip
+def _body(
+    network,
+    options,
+    full_dim,
+    state_dim,
+    out_dim,
+    hidden,
+    *,
+    members,
+    num_tasks,
+    task_layers,
+    init,
+    head_bound,
+) -> nn.Module:
     """The network of an actor or a critic: the plain (multi-head) MLP on the whole input, or
     one of :mod:`mtrl.agents.architectures` on the state and the task id apart."""
     if network in ("mlp", "multi-head"):
         heads = [len(hidden)] if network == "multi-head" else []
         body = EnsembleMLP(
-            full_dim, hidden, out_dim, members=members, num_tasks=num_tasks,
-            task_layers=[*task_layers, *heads], init=init, head_bound=head_bound,
-        )  # fmt: skip
+            full_dim,
+            hidden,
+            out_dim,
+            members=members,
+            num_tasks=num_tasks,
+            task_layers=[*task_layers, *heads],
+            init=init,
+            head_bound=head_bound,
+        )
         body.modular = False
         return body
     from mtrl.agents import architectures  # they are built from this module's layers
@@ -260,9 +278,16 @@ def _body(network, options, full_dim, state_dim, out_dim, hidden, *, members, nu
     if list(task_layers):
         raise ValueError(f"task-specific layers (Recon's) need network=mlp, not {network!r}")
     body = architectures.build(
-        network, state_dim, out_dim, members=members, num_tasks=num_tasks, hidden=hidden,
-        init=init, head_bound=head_bound, **(options or {}),
-    )  # fmt: skip
+        network,
+        state_dim,
+        out_dim,
+        members=members,
+        num_tasks=num_tasks,
+        hidden=hidden,
+        init=init,
+        head_bound=head_bound,
+        **(options or {}),
+    )
     body.modular = True
     return body
 
@@ -326,9 +351,18 @@ class Actor(MultiTaskNetwork):
         self.log_std_min, self.log_std_max = log_std_bounds
         self.log_std_bounding = log_std_bounding
         self.net = _body(
-            network, network_options, obs_dim, obs_dim - num_tasks, 2 * action_dim, hidden,
-            members=1, num_tasks=num_tasks, task_layers=task_layers, init=init, head_bound=1e-3,
-        )  # fmt: skip
+            network,
+            network_options,
+            obs_dim,
+            obs_dim - num_tasks,
+            2 * action_dim,
+            hidden,
+            members=1,
+            num_tasks=num_tasks,
+            task_layers=task_layers,
+            init=init,
+            head_bound=1e-3,
+        )
 
     def distribution(self, obs: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the Gaussian before the tanh."""
@@ -378,9 +412,18 @@ class Critic(MultiTaskNetwork):
         self.num_tasks = num_tasks
         inputs = obs_dim + action_dim
         self.net = _body(
-            network, network_options, inputs, inputs - num_tasks, 1, hidden, members=n_critics,
-            num_tasks=num_tasks, task_layers=task_layers, init=init, head_bound=3e-3,
-        )  # fmt: skip
+            network,
+            network_options,
+            inputs,
+            inputs - num_tasks,
+            1,
+            hidden,
+            members=n_critics,
+            num_tasks=num_tasks,
+            task_layers=task_layers,
+            init=init,
+            head_bound=3e-3,
+        )
 
     def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:
         onehot = obs[..., -self.num_tasks :]

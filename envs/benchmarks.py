@@ -1,4 +1,4 @@
-"""Meta-World benchmarks (MT1, MT10, MT50) as gymnasium vector envs, one sub-env per task.
+"""Meta-World benchmarks (MT1, MT10, MT25, MT50) as gymnasium vector envs, one sub-env per task.
 
 Everything is built through Meta-World's own gymnasium registry
 (``gym.make_vec("Meta-World/...")``); this module only picks the protocol (reward version, goal
@@ -15,9 +15,11 @@ from functools import partial
 import gymnasium as gym
 import metaworld  # noqa: F401  (registers the "Meta-World/..." ids with gymnasium)
 import numpy as np
-from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT25_V3
 
-BENCHMARKS = ("mt1", "mt10", "mt50")
+BENCHMARKS = ("mt1", "mt10", "mt25", "mt50")
+# The task sets of the multi-task benchmarks, in Meta-World's (one-hot) order.
+TASK_SETS = {"mt10": MT10_V3, "mt25": MT25_V3, "mt50": ALL_V3_ENVIRONMENTS}
 REWARD_VERSIONS = ("v1", "v2")
 GOAL_MODES = ("resample", "fixed")
 VECTOR_STRATEGIES = ("sync", "async")
@@ -55,7 +57,7 @@ def task_names(benchmark: str, task: str | None = None) -> list[str]:
             f"benchmark {benchmark!r} has a fixed task set, so task={task!r} must not be given "
             "(a single task is benchmark 'mt1')"
         )
-    return list(MT10_V3) if benchmark == "mt10" else list(ALL_V3_ENVIRONMENTS)
+    return list(TASK_SETS[benchmark])
 
 
 def _check_choice(field: str, value: object, valid: tuple[str, ...]) -> None:

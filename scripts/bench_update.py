@@ -45,8 +45,10 @@ class ShapeOnly(gym.Env):
 
 def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000, **options) -> MTSAC:
     """An MTSAC on Meta-World's shapes with a replay buffer of random transitions; ``options``
-    are further MTSAC arguments (``compile_aggregator``, ``gram_update``, ...)."""
+    are further MTSAC arguments (``compile_aggregator``, ``gram_update``, ``policy_kwargs``
+    besides the hidden sizes, ...)."""
     env = DummyVecEnv([lambda: ShapeOnly(tasks)] * tasks)
+    policy_kwargs = {"net_arch": net, **options.pop("policy_kwargs", {})}
     model = MTSAC(
         "MlpPolicy",
         env,
@@ -54,7 +56,7 @@ def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000, *
         per_task_gradients=mode,
         batch_size=batch_per_task * tasks,
         buffer_size=rows * tasks,
-        policy_kwargs={"net_arch": net},
+        policy_kwargs=policy_kwargs,
         seed=0,
         device=device,
         **options,

@@ -12,9 +12,9 @@
 # resume from their checkpoints. Arguments after the benchmark go to mtrl-train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENCHMARK=${1:?usage: sweep_comparison.sh mt10|mt50 [mtrl-train overrides]}
+BENCHMARK=${1:?usage: sweep_comparison.sh mt10|mt25|mt50 [mtrl-train overrides]}
 shift
-case "$BENCHMARK" in mt10 | mt50) ;; *) echo "benchmark must be mt10 or mt50" >&2; exit 2 ;; esac
+case "$BENCHMARK" in mt10 | mt25 | mt50) ;; *) echo "benchmark must be mt10, mt25 or mt50" >&2; exit 2 ;; esac
 make --no-print-directory .venv/.installed >/dev/null
 METHODS=${METHODS:-mean,pcgrad,cagrad,gradops}
 LAUNCHER=${LAUNCHER:-joblib}

@@ -126,9 +126,14 @@ def test_a_gram_first_step_never_allocates_k_times_a_layer(kind, update):
         watch = LargeTensors(TASKS * largest)
         with watch:
             step_once(
-                network, loss_fn, task_inputs, shared_inputs, seeded("gradops"),
-                per_task_gradients=mode, gram_update=update,
-            )  # fmt: skip
+                network,
+                loss_fn,
+                task_inputs,
+                shared_inputs,
+                seeded("gradops"),
+                per_task_gradients=mode,
+                gram_update=update,
+            )
         # the stored path holds [K, *weight] per-task gradients: the watch sees them
         assert (watch.seen == []) == allowed, (mode, watch.seen)
 

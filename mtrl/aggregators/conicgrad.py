@@ -18,6 +18,16 @@ from mtrl.aggregators.simplex import minimize_on_simplex
 from mtrl.aggregators.tools import safe_divide, uniform
 
 
+def cancels_out(gram: Tensor, weights: Tensor, dtype: torch.dtype) -> Tensor:
+    """Whether the gradients combined by ``weights`` cancel out (a Pareto-stationary point):
+    the combination is shorter than ``τ`` times the weighted sum of their lengths, ``τ`` the
+    noise of that cancellation (the barrier solve stops about 1e-6 short, and a float32 Gram
+    matrix rounds at about 3e-4 of the lengths)."""
+    combined = (weights @ gram @ weights).clamp_min(0).sqrt()
+    lengths = weights @ gram.diagonal().clamp_min(0).sqrt()
+    return combined <= max(1e-5, 10 * math.sqrt(torch.finfo(dtype).eps)) * lengths
+
+
 @register("conicgrad")
 @dataclasses.dataclass
 class ConicGrad(Aggregator):
@@ -35,6 +45,10 @@ class ConicGrad(Aggregator):
     combination of ``g_w*`` and ``g0``, and ``w*`` minimises the smooth
     ``c uᵀg_w + s‖g_w − (uᵀg_w)u‖`` (see :meth:`_solve`). ``c = 0`` gives MGDA's direction
     and ``c = 1`` the mean.
+
+    At a numerically Pareto-stationary point (MGDA's min-norm point of the gradients below
+    the rounding of their Gram matrix, e.g. when two tasks pull exactly against each other),
+    no direction improves every task, and the update is zero.
 
     Args:
         c: the least cosine between the update and the mean gradient, in [0, 1] (the paper's
@@ -115,6 +129,10 @@ class ConicGrad(Aggregator):
         size = g.shape[0]
         mean = uniform(size, g)
         w, inside = self._solve(g)
+        # At a (numerically) Pareto-stationary point MGDA's point is noise, and both the
+        # inside-the-cone test and the direction would divide noise by noise: then no direction
+        # improves every task, and the best worst case, 0, is the zero update.
+        stationary = cancels_out(g, min_norm_weights(g), gram.dtype)
         length, _, along_w, squared, _ = self._pieces(g, w)
         floor = self.smoothing**2
         # d ∝ ∇h(g_w*) of the smoothed h that was minimised, so that the optimality conditions
@@ -127,4 +145,5 @@ class ConicGrad(Aggregator):
         edge = self.c * mean + sine * (length * w - along_w * mean) / across_norm
         direction = torch.where(inside, inner, edge)
         norm = (direction @ g @ direction).clamp_min(0).sqrt()
-        return (direction * safe_divide(length, norm)).to(gram.dtype)
+        scaled = direction * safe_divide(length, norm)
+        return torch.where(stationary, 0.0, scaled).to(gram.dtype)

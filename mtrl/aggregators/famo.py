@@ -26,6 +26,11 @@ class FAMO(Aggregator):
     positive: in multi-task SAC, FAMO weights the critic's losses and the actor keeps the plain
     mean, as in the reference multi-task RL code.
 
+    The normalisation follows the paper, which divides the update by ``c = Σ_i z_i / ℓ_i``; the
+    reference MT10 code (Cranial-XIX/FAMO, ``mtrl_files/famo.py``) multiplies by ``c`` instead,
+    so its update is ``c²`` times this one. Adam makes the two nearly alike, except through its
+    ε and where ``c`` changes fast.
+
     Args:
         lr: Adam learning rate of the logits ``ξ`` (0.025 on MT10).
         gamma: weight decay of the logits (0.01 on MT10).

@@ -224,3 +224,34 @@ def test_the_network_group_picks_an_architecture_from_the_command_line(tmp_path)
     model = train_cli.run(cfg, tmp_path)
     assert model.policy.network == "care" and model.actor.net.experts == 3
     assert '"network": "care"' in (tmp_path / "protocol.json").read_text()
+
+
+@pytest.mark.slow
+def test_mt25_trains_evaluates_and_compares_through_the_command_line(tmp_path):
+    from mtrl.cli import compare
+
+    run_dir = tmp_path / "runs" / "mt25-run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtrl.cli.train",
+            "experiment=smoke",
+            "benchmark=mt25",
+            "benchmark.episode_length=20",
+            "total_steps=40",
+            "agent.warmup_steps=20",
+            "eval.every=40",
+            "checkpoint.every=40",
+            "progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = set(read_events(run_dir).Tags()["scalars"])
+    assert {"eval/success_rate/dial-turn-v3", "grad/critic/cos_min"} <= scalars
+    compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--reps", "100"])
+    assert "mt25" in (tmp_path / "report" / "report.md").read_text()

@@ -3,7 +3,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
-from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT25_V3
 
 import mtrl.envs.benchmarks as benchmarks
 from mtrl.envs.benchmarks import BenchmarkSpec, env_task_names, make_vector_env, task_names
@@ -37,10 +37,14 @@ def test_task_names_follow_metaworld_order():
     assert task_names("mt50") == list(ALL_V3_ENVIRONMENTS)
     assert len(task_names("mt50")) == 50
     assert task_names("mt1", "push-v3") == ["push-v3"]
+    mt25 = task_names("mt25")
+    assert mt25 == list(MT25_V3) and len(mt25) == 25 and set(MT10_TASKS) < set(mt25)
 
 
 def test_unknown_benchmark_lists_valid_ones(no_env_may_be_built):
-    with pytest.raises(ValueError, match=r"unknown benchmark 'mt20'.*'mt1', 'mt10', 'mt50'"):
+    with pytest.raises(
+        ValueError, match=r"unknown benchmark 'mt20'.*'mt1', 'mt10', 'mt25', 'mt50'"
+    ):
         BenchmarkSpec("mt20")
 
 

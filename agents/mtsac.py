@@ -34,8 +34,25 @@ from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans
 
 DEFAULT_BATCH_PER_TASK = 128
+# Vector steps of uniform random actions before learning, by default (warmstart_steps of
+# rainx0r/metaworld-algorithms and rainx0r/mtrl).
+WARMUP_VECTOR_STEPS = 4000
 
 __all__ = ["GRADIENT_MODES", "MTSAC", "actor_task_loss", "critic_task_loss"]
+# The policy's settings a checkpoint keeps as they were built.
+POLICY_SETTINGS = (
+    "net_arch",
+    "network",
+    "network_options",
+    "actor_task_layers",
+    "critic_task_layers",
+    "n_critics",
+    "log_std_bounds",
+    "log_std_bounding",
+    "init",
+    "optimizer",
+    "adam_eps",
+)
 
 
 # The losses take one task's slice of a batch (``layout="single"``, under vmap) or the whole
@@ -72,7 +89,9 @@ class MTSAC(OffPolicyAlgorithm):
         batch_size: transitions per update over all tasks; a multiple of the task count
             (default 128 per task).
         buffer_size: replay capacity in transitions over all tasks, as in SB3.
-        learning_starts: environment steps (over all tasks) of uniform random actions first.
+        learning_starts: environment steps (over all tasks) of uniform random actions first;
+            ``None``: :data:`WARMUP_VECTOR_STEPS` per task (the JAX recipes' warm-up), so that
+            MT50 gets as many per task as MT10.
         initial_alpha: starting temperature of every task.
         target_entropy: ``"auto"`` for −|A|.
         per_task_gradients: how per-task gradients are had, one of
@@ -91,7 +110,9 @@ class MTSAC(OffPolicyAlgorithm):
         compile_aggregator: ``torch.compile`` the method's K×K computation, a long chain of
             tiny kernels for the solver-based methods (CAGrad, MGDA, Nash-MTL, ...).
         max_grad_norm: clip each network's combined update to this global norm (``None``: no
-            clipping; the parameter-scaling recipe uses 1.0).
+            clipping), 1.0 as in the JAX recipes.
+        max_q_value: clip the critics' TD targets to ``[−max_q_value, max_q_value]`` (``None``:
+            no clipping, as the JAX recipes; their PaCo runs use 5000).
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -107,7 +128,7 @@ class MTSAC(OffPolicyAlgorithm):
         aggregator_kwargs: dict[str, Any] | None = None,
         learning_rate: float = 3e-4,
         buffer_size: int = 1_000_000,
-        learning_starts: int = 10_000,
+        learning_starts: int | None = None,
         batch_size: int | None = None,
         tau: float = 0.005,
         gamma: float = 0.99,
@@ -119,7 +140,8 @@ class MTSAC(OffPolicyAlgorithm):
         gram_update: str = "products",
         recon_threshold: float = 0.0,
         compile_aggregator: bool = False,
-        max_grad_norm: float | None = None,
+        max_grad_norm: float | None = 1.0,
+        max_q_value: float | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -138,12 +160,15 @@ class MTSAC(OffPolicyAlgorithm):
         self.recon_threshold = recon_threshold
         self.compile_aggregator = compile_aggregator
         self.max_grad_norm = max_grad_norm
+        if max_q_value is not None and not max_q_value > 0:
+            raise ValueError(f"max_q_value must be positive or None, got {max_q_value}")
+        self.max_q_value = max_q_value
         super().__init__(
             policy,
             env,
             learning_rate,
             buffer_size=buffer_size,
-            learning_starts=learning_starts,
+            learning_starts=learning_starts or 0,
             batch_size=batch_size or 0,
             tau=tau,
             gamma=gamma,
@@ -163,6 +188,8 @@ class MTSAC(OffPolicyAlgorithm):
         self.initial_alpha = initial_alpha
         self.target_entropy = target_entropy
         self.requested_batch_size = batch_size
+        if learning_starts is None:
+            self.learning_starts = WARMUP_VECTOR_STEPS * self.n_envs
         self.task_names: list[str] = []
         if env is not None:
             self._bind_tasks()
@@ -196,7 +223,7 @@ class MTSAC(OffPolicyAlgorithm):
         )
         # fused: it can skip a non-finite step on the device (see mtrl.backward.step_if_finite)
         self.alpha_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=self.lr_schedule(1), fused=True
+            [self.log_alpha], lr=self.lr_schedule(1), eps=self.policy.adam_eps, fused=True
         )
         self.alpha_skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         methods = [self._method(network) for network in (self.critic, self.actor)]
@@ -256,6 +283,8 @@ class MTSAC(OffPolicyAlgorithm):
             next_q = self.critic_target(batch.next_observations, next_actions, "grouped")
             soft_value = next_q.min(dim=0).values - alpha.unsqueeze(-1) * next_log_prob
             target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value
+            if self.max_q_value is not None:
+                target = target.clamp(-self.max_q_value, self.max_q_value)
 
         critic = self.critic_step(
             critic_task_loss, (batch.observations, batch.actions, target), (self.critic,)
@@ -373,8 +402,14 @@ class MTSAC(OffPolicyAlgorithm):
         }
         values["train_freq"] = int(self.train_freq.frequency)
         values["batch_size"] = int(self.batch_size)
+        # The policy's own settings as built, not only those given: a later change of a
+        # default must not change a saved model.
+        built = self.policy._get_constructor_parameters()
+        resolved = {k: built[k] for k in POLICY_SETTINGS} | dict(self.policy_kwargs)
+        resolved["multi_head"] = False  # network says it
+        resolved["network"] = built["network"]
         values["policy_kwargs"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.policy_kwargs.items()
+            k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()
         }
         return values
 

@@ -3,7 +3,8 @@
 A checkpoint is a dict: its format and version, the constructor's arguments, the spaces and
 task names, then the state of each part of the agent by name (:meth:`MTSAC.checkpoint_state`
 declares which). Format 1 kept the networks' optimizers, methods and skip counts in separate
-dicts keyed by network; :func:`migrate` brings it to the current layout.
+dicts keyed by network, and formats 1 and 2 kept only the policy settings that were given
+(defaults have changed since); :func:`migrate` brings both to the current layout and meaning.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import mtrl
 from mtrl.checkpoint import CheckpointError
 
 FORMAT = "mtrl.MTSAC"
-VERSION = 2
+VERSION = 3
+# Settings that formats 1 and 2 kept only when they were given, with the values they then had.
+EARLIER_POLICY_VALUES = {"log_std_bounding": "tanh", "init": "torch", "adam_eps": 1e-8}
+EARLIER_HYPERPARAMETERS = {"max_grad_norm": None, "max_q_value": None, "gram_update": "products"}
 
 
 def box_to_data(box: spaces.Box) -> dict[str, Any]:
@@ -74,6 +78,16 @@ def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
     if version == VERSION:
         return state
     state = dict(state)
+    hyperparameters = EARLIER_HYPERPARAMETERS | dict(state["hyperparameters"])
+    hyperparameters["policy_kwargs"] = EARLIER_POLICY_VALUES | dict(
+        hyperparameters["policy_kwargs"]
+    )
+    if "compile_aggregator" not in hyperparameters:
+        hyperparameters["compile_aggregator"] = False
+    state["hyperparameters"] = hyperparameters
+    state["format_version"] = VERSION
+    if version == 2:
+        return state
     skipped = state["counters"].pop("skipped_updates")
     optimizers, aggregators = state.pop("optimizers"), state.pop("aggregators")
     for network in ("critic", "actor"):

@@ -42,6 +42,7 @@ class Run:
     protocol: dict
     curve: list[tuple[int, float]]  # (env steps, mean evaluated success)
     task_success: dict[str, float]  # each task's success at the last evaluation
+    task_curves: dict[str, list[tuple[int, float]]]  # each task's (env steps, success)
     steps_per_s: float | None
     wall_clock_s: float | None
     pair_cosines: dict[str, dict[tuple[str, str], float]]  # network → (task, task) → mean cosine
@@ -53,6 +54,11 @@ class Run:
     @property
     def method(self) -> str:
         return self.protocol["method"]["name"]
+
+    @property
+    def preset(self) -> str | None:
+        """The protocol preset the run was started with (``protocol=...``), if any."""
+        return self.protocol.get("preset")
 
     @property
     def final(self) -> float:
@@ -84,11 +90,12 @@ def load_run(path: Path) -> Run | None:
         return None
 
     curve = [(event.step, event.value) for event in series(SUCCESS)]
-    task_success = {
-        task: series(f"{SUCCESS}/{task}")[-1].value
+    task_curves = {
+        task: [(event.step, event.value) for event in series(f"{SUCCESS}/{task}")]
         for task in protocol["tasks"]
         if f"{SUCCESS}/{task}" in tags
     }
+    task_success = {task: curve[-1][1] for task, curve in task_curves.items()}
     speed = series(SPEED) if SPEED in tags else []
     pair_cosines: dict[str, dict[tuple[str, str], float]] = {}
     for network in NETWORKS:
@@ -105,6 +112,7 @@ def load_run(path: Path) -> Run | None:
         protocol=protocol,
         curve=curve,
         task_success=task_success,
+        task_curves=task_curves,
         steps_per_s=float(np.mean([e.value for e in speed])) if speed else None,
         wall_clock_s=speed[-1].wall_time - speed[0].wall_time if len(speed) > 1 else None,
         pair_cosines=pair_cosines,
@@ -172,6 +180,12 @@ class MethodSummary:
     task_success: dict[str, float]
     steps_per_s: float | None
     wall_clock_h: float | None
+    preset: str = "—"  # the protocol preset of the runs ("mixed" when they differ)
+
+
+def _presets(group: list[Run]) -> str:
+    names = {run.preset or "—" for run in group}
+    return names.pop() if len(names) == 1 else "mixed"
 
 
 def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[MethodSummary]:
@@ -215,6 +229,7 @@ def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[MethodSu
                 ),
                 steps_per_s=float(np.mean(speeds)) if speeds else None,
                 wall_clock_h=float(np.mean(clocks)) / 3600 if clocks else None,
+                preset=_presets(group),
             )
         )
     return summaries
@@ -229,6 +244,7 @@ def format_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
     """The comparison as a table: one row per benchmark and method."""
     header = [
         "benchmark",
+        "preset",
         "method",
         "runs",
         "final success",
@@ -242,6 +258,7 @@ def format_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
         rows.append(
             [
                 s.benchmark,
+                s.preset,
                 s.method,
                 str(s.runs),
                 _pm(s.final),

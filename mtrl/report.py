@@ -99,6 +99,41 @@ def task_heatmap(summaries: list[MethodSummary], path: Path) -> None:
     plt.close(figure)
 
 
+def task_curves(runs: list[Run], path: Path) -> None:
+    """Each task's evaluated success against env steps, one panel per task, one line per
+    method (the mean over its seeds)."""
+    tasks = runs[0].protocol["tasks"]
+    columns = min(5, len(tasks))
+    rows = -(-len(tasks) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.6 * columns, 2.1 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    for method, group in _by_benchmark(runs)[runs[0].benchmark].items():
+        color = None
+        for axis, task in zip(axes.flat, tasks, strict=False):
+            by_step = defaultdict(list)
+            for run in group:
+                for step, value in run.task_curves.get(task, []):
+                    by_step[step].append(value)
+            steps = sorted(by_step)
+            line = axis.plot(
+                steps, [np.mean(by_step[s]) for s in steps], color=color, label=method
+            )[0]
+            color = line.get_color()
+            axis.set_title(task.removesuffix("-v3"), fontsize=8)
+            axis.set_ylim(-0.05, 1.05)
+            axis.grid(alpha=0.3)
+    for axis in axes.flat[len(tasks) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    figure.supxlabel("environment steps (all tasks)")
+    figure.supylabel("evaluated success rate")
+    figure.suptitle(f"{runs[0].benchmark}: success per task, mean over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def conflict_heatmaps(runs: list[Run], path: Path) -> bool:
     """Mean cosine of every task pair's gradients, per method and network; False if no run
     logged any (FAMO computes no per-task gradients)."""
@@ -159,6 +194,7 @@ def write_report(
         lines += [f"## {benchmark}", ""]
         lines += [
             "Protocol: "
+            + (f"preset {protocol['preset']}, " if protocol.get("preset") else "")
             + ", ".join(
                 f"{key} {protocol.get(key)}"
                 for key in ("reward_version", "goal_mode", "episode_length")
@@ -171,10 +207,12 @@ def write_report(
             "learning curves": f"{benchmark}-curves.png",
             "aggregate metrics": f"{benchmark}-aggregates.png",
             "success per task": f"{benchmark}-tasks.png",
+            "learning curves per task": f"{benchmark}-task-curves.png",
         }
         learning_curves(group, out / figures["learning curves"], reps, seed)
         aggregate_intervals(group, out / figures["aggregate metrics"], reps, seed)
         task_heatmap(benchmark_summaries, out / figures["success per task"])
+        task_curves(group, out / figures["learning curves per task"])
         if conflict_heatmaps(group, out / f"{benchmark}-conflicts.png"):
             figures["pairwise gradient conflicts"] = f"{benchmark}-conflicts.png"
         for title, name in figures.items():

@@ -129,9 +129,9 @@ def test_command_line_prints_the_table_and_writes_the_report(runs_dir, tmp_path,
     assert "0.600 ± 0.115" in printed and "0.700 ± 0.058" in printed
     assert "1 run(s) not evaluated yet are left out" in printed
     report = (out / "report.md").read_text()
-    assert "| mt10 | gradops | 3 | 0.600 ± 0.115 | 0.700 ± 0.058 |" in report
+    assert "| mt10 | — | gradops | 3 | 0.600 ± 0.115 | 0.700 ± 0.058 |" in report
     assert "| reach-v3 | 0.80 | 0.30 |" in report
-    for figure in ("curves", "aggregates", "tasks", "conflicts"):
+    for figure in ("curves", "aggregates", "tasks", "task-curves", "conflicts"):
         assert (out / f"mt10-{figure}.png").stat().st_size > 10_000
         assert f"mt10-{figure}.png" in report
 

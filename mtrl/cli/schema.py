@@ -141,16 +141,17 @@ class AgentConfig:
     critic_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
     n_critics: int = valid(2, COUNT)
     log_std_bounds: list[float] = valid([-20.0, 2.0], Each(Interval(), least=2))
-    log_std_bounding: str = valid("tanh", OneOf(LOG_STD_BOUNDINGS))
-    init: str = valid("torch", OneOf(INITS))
-    adam_eps: float = valid(1e-8, Interval(0, 1, open_low=True))
-    max_grad_norm: float | None = valid(None, Interval(low=0, open_low=True, optional=True))
+    log_std_bounding: str = valid("clamp", OneOf(LOG_STD_BOUNDINGS))
+    init: str = valid("he", OneOf(INITS))
+    adam_eps: float = valid(1e-5, Interval(0, 1, open_low=True))
+    max_grad_norm: float | None = valid(1.0, Interval(low=0, open_low=True, optional=True))
+    max_q_value: float | None = valid(None, Interval(low=0, open_low=True, optional=True))
     learning_rate: float = valid(3e-4, Interval(0, 1, open_low=True))
     gamma: float = valid(0.99, Interval(0, 1))
     tau: float = valid(0.005, Interval(0, 1, open_low=True))
     batch_size_per_task: int = valid(128, COUNT)
     buffer_size_per_task: int = valid(100_000, COUNT)
-    warmup_steps: int = valid(1500, Interval(low=0, integer=True))
+    warmup_steps: int = valid(4000, Interval(low=0, integer=True))
     gradient_steps: int = valid(1, COUNT)
     initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
     per_task_gradients: str = valid("auto", OneOf(GRADIENT_MODES))
@@ -184,6 +185,7 @@ class TrainConfig:
     total_steps: int = valid(2_000_000, COUNT)
     resume: str | None = None
     sweep: str | None = None
+    preset: str | None = None  # the protocol preset (configs/protocol), recorded in the protocol
     threads: int | None = valid(None, Interval(low=1, integer=True, optional=True))
     progress_bar: bool = True
     verbose: int = valid(0, Interval(0, 2, integer=True))
@@ -199,6 +201,7 @@ EARLIER_AGENT_VALUES = {
     "init": "torch",
     "adam_eps": 1e-8,
     "max_grad_norm": None,
+    "max_q_value": None,
 }
 
 

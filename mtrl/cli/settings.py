@@ -61,6 +61,7 @@ class TrainSettings:
     checkpoint_every: int
     checkpoint_keep: int
     checkpoint_replay_buffer: bool
+    preset: str | None = None
 
     @property
     def total_env_steps(self) -> int:
@@ -110,6 +111,7 @@ def agent_kwargs(
         "initial_alpha": float(agent["initial_alpha"]),
         "compile_aggregator": agent["compile_aggregator"],
         "max_grad_norm": agent["max_grad_norm"],
+        "max_q_value": agent["max_q_value"],
         "recon_threshold": float(agent["recon_threshold"]),
         "per_task_gradients": agent["per_task_gradients"],
         "gram_update": agent["gram_update"],
@@ -169,4 +171,5 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         checkpoint_every=checkpoint["every"],
         checkpoint_keep=checkpoint["keep"],
         checkpoint_replay_buffer=checkpoint["replay_buffer"],
+        preset=container.get("preset"),
     )

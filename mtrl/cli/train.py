@@ -68,6 +68,7 @@ def protocol(settings: TrainSettings) -> dict[str, Any]:
     """What a result depends on, so that runs are only compared when these match."""
     return {
         **settings.benchmark.protocol(),
+        "preset": settings.preset,
         "method": {"name": settings.method, **settings.method_kwargs},
         "agent": settings.agent_kwargs,
         "budget": {

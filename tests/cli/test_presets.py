@@ -3,11 +3,18 @@ they meant."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
+import mtrl.configs
 from mtrl.cli import train as train_cli
 from mtrl.cli.schema import EARLIER_AGENT_VALUES
+from mtrl.compare import find_runs, format_table, load_run, summarize
 from mtrl.runs import CONFIG
 from tests.cli.conftest import train_config
 
@@ -50,3 +57,33 @@ def test_a_run_config_from_before_the_per_task_keys_resumes_as_it_was(tmp_path):
     for key, value in EARLIER_AGENT_VALUES.items():
         assert resumed.agent[key] == value
     assert train_cli.train_settings(resumed).agent_kwargs["buffer_size"] == 20_000
+
+
+PRESETS = sorted((Path(mtrl.configs.__file__).parent / "protocol").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_a_protocol_preset_sets_benchmark_and_evaluation_keys_only(path):
+    keys = set(yaml.safe_load(path.read_text()))
+    assert keys <= {"preset", "benchmark", "eval", "total_steps"}, keys
+    assert yaml.safe_load(path.read_text())["preset"] == path.stem
+
+
+def test_a_preset_is_recorded_and_named_by_the_comparison(tmp_path):
+    run_dir = tmp_path / "runs" / "preset-run"
+    cfg = train_config(
+        "protocol=mtrl-2021",
+        "experiment=smoke",
+        "benchmark=mt1",
+        "total_steps=60",
+        "eval.every=60",
+        "agent.warmup_steps=20",
+        "checkpoint.every=60",
+    )
+    train_cli.run(cfg, run_dir)
+    protocol = json.loads((run_dir / "protocol.json").read_text())
+    assert protocol["preset"] == "mtrl-2021"
+    assert (protocol["reward_version"], protocol["goal_mode"]) == ("v1", "fixed")
+    runs = [load_run(path) for path in find_runs([tmp_path / "runs"])]
+    (summary,) = summarize(runs, reps=100)
+    assert summary.preset == "mtrl-2021" and "mtrl-2021" in format_table([summary])

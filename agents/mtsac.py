@@ -10,7 +10,6 @@ log-α per task, target entropy −|A|.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from pathlib import Path
@@ -21,13 +20,21 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import RolloutReturn
+from torch import Tensor
 from torch.func import functional_call
 
 from mtrl.agents import saving
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.policies import MTSACPolicy
 from mtrl.aggregators import make_aggregator
-from mtrl.backward import GRADIENT_MODES, MultiTaskBackward, finite, step_if_finite
+from mtrl.backward import (
+    GRADIENT_MODES,
+    MultiTaskBackward,
+    StepResult,
+    finite,
+    step_if_finite,
+)
+from mtrl.capture import CapturedUpdate, check_capturable
 from mtrl.checkpoint import load_state, save_atomic
 from mtrl.conflict import ConflictRecorder
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
@@ -39,20 +46,6 @@ DEFAULT_BATCH_PER_TASK = 128
 WARMUP_VECTOR_STEPS = 4000
 
 __all__ = ["GRADIENT_MODES", "MTSAC", "actor_task_loss", "critic_task_loss"]
-# The policy's settings a checkpoint keeps as they were built.
-POLICY_SETTINGS = (
-    "net_arch",
-    "network",
-    "network_options",
-    "actor_task_layers",
-    "critic_task_layers",
-    "n_critics",
-    "log_std_bounds",
-    "log_std_bounding",
-    "init",
-    "optimizer",
-    "adam_eps",
-)
 
 
 # The losses take one task's slice of a batch (``layout="single"``, under vmap) or the whole
@@ -107,8 +100,10 @@ class MTSAC(OffPolicyAlgorithm):
             of ``Σ_k w_k L_k``).
         recon_threshold: S of Recon's per-layer conflict scores (``recon/...`` in TensorBoard):
             a task pair conflicts on a layer when its cosine there is below S.
-        compile_aggregator: ``torch.compile`` the method's K×K computation, a long chain of
-            tiny kernels for the solver-based methods (CAGrad, MGDA, Nash-MTL, ...).
+        compile: on CUDA, capture the whole update (critic, actor, temperatures, target) as one
+            CUDA graph and compile the method's K×K computation (:mod:`mtrl.capture`); on the
+            CPU, compile the K×K computation, a long chain of tiny kernels for the
+            solver-based methods (CAGrad, MGDA, Nash-MTL, ...).
         max_grad_norm: clip each network's combined update to this global norm (``None``: no
             clipping), 1.0 as in the JAX recipes.
         max_q_value: clip the critics' TD targets to ``[−max_q_value, max_q_value]`` (``None``:
@@ -139,7 +134,7 @@ class MTSAC(OffPolicyAlgorithm):
         per_task_gradients: str = "auto",
         gram_update: str = "products",
         recon_threshold: float = 0.0,
-        compile_aggregator: bool = False,
+        compile: bool = False,
         max_grad_norm: float | None = 1.0,
         max_q_value: float | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -158,7 +153,7 @@ class MTSAC(OffPolicyAlgorithm):
             raise ValueError(f"initial_alpha must be positive, got {initial_alpha}")
         self.per_task_gradients, self.gram_update = per_task_gradients, gram_update
         self.recon_threshold = recon_threshold
-        self.compile_aggregator = compile_aggregator
+        self.compile = compile
         self.max_grad_norm = max_grad_norm
         if max_q_value is not None and not max_q_value > 0:
             raise ValueError(f"max_q_value must be positive or None, got {max_q_value}")
@@ -236,7 +231,7 @@ class MTSAC(OffPolicyAlgorithm):
                 method,
                 mode,
                 self.gram_update,
-                self.compile_aggregator,
+                self.compile,
                 self.max_grad_norm,
             )
             for network, method in zip((self.critic, self.actor), methods, strict=True)
@@ -248,10 +243,25 @@ class MTSAC(OffPolicyAlgorithm):
             for name, step in (("critic", self.critic_step), ("actor", self.actor_step))
         )
         self.stats = DeviceMeans(self.device)  # the train/ scalars, read when logging
+        self.captured = self._capture() if self.compile and self.device.type == "cuda" else None
         # Plain data that callbacks keep across a resume (best evaluation so far, benchmark).
         self.run_state: dict[str, Any] = {}
         self.stop_requested = False
         self._last_dump = (time.perf_counter(), 0, 0)
+
+    def _capture(self) -> CapturedUpdate:
+        """The update as a CUDA graph (:mod:`mtrl.capture`), with optimizers that keep their
+        step counts on the device."""
+        check_capturable(self.aggregator_name)
+        for optimizer in (self.actor.optimizer, self.critic.optimizer, self.alpha_optimizer):
+            if isinstance(optimizer, torch.optim.Adam):
+                for group in optimizer.param_groups:
+                    group["capturable"] = True
+                optimizer.defaults["capturable"] = True
+        steps = (self.critic_step, self.actor_step)
+        return CapturedUpdate(
+            self.gradient_step, lambda: [g for s in steps for g in s.aggregator.generators()]
+        )
 
     def _method(self, network: Actor | Critic):
         """Each network's own method (stateful methods keep one state per network). Methods
@@ -274,7 +284,19 @@ class MTSAC(OffPolicyAlgorithm):
         self._n_updates += gradient_steps
 
     def update(self, batch: TaskBatch) -> None:
-        """One gradient step of the critic, the actor and the temperatures on a ``[K, B]`` batch."""
+        """One gradient step of the critic, the actor and the temperatures on a ``[K, B]`` batch,
+        then its statistics (outside the CUDA graph, when the step is captured)."""
+        critic, actor, log_probs = (self.captured or self.gradient_step)(batch)
+        self.critic_conflicts.add(critic)
+        self.actor_conflicts.add(actor)
+        self.stats.add("train/critic_loss", critic.losses.mean(), weight=critic.finite)
+        self.stats.add("train/actor_loss", actor.losses.mean(), weight=actor.finite)
+        self.stats.add("train/entropy", -log_probs.mean(), weight=finite(log_probs))
+        self.stats.add("train/alpha", self.log_alpha.detach().exp(), self.task_names)
+
+    def gradient_step(self, batch: TaskBatch) -> tuple[StepResult, StepResult, Tensor]:
+        """The update itself: the critic's, the actor's and the temperatures' steps and the
+        target critic's, with no host synchronisation (so that it can be captured)."""
         alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_actions, next_log_prob = self.actor(
@@ -289,15 +311,12 @@ class MTSAC(OffPolicyAlgorithm):
         critic = self.critic_step(
             critic_task_loss, (batch.observations, batch.actions, target), (self.critic,)
         )
-        self.critic_conflicts.add(critic)
-
         frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
         actor = self.actor_step(
             actor_task_loss,
             (batch.observations, torch.randn_like(batch.actions), alpha),
             (self.actor, self.critic, frozen_critic),
         )
-        self.actor_conflicts.add(actor)
         log_probs = actor.aux[1].detach()
 
         alpha_loss = -(self.log_alpha * (log_probs + self.target_entropy)).mean()
@@ -312,10 +331,7 @@ class MTSAC(OffPolicyAlgorithm):
             torch._foreach_lerp_(
                 list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau
             )
-        self.stats.add("train/critic_loss", critic.losses.mean(), weight=critic.finite)
-        self.stats.add("train/actor_loss", actor.losses.mean(), weight=actor.finite)
-        self.stats.add("train/entropy", -log_probs.mean(), weight=finite(log_probs))
-        self.stats.add("train/alpha", self.log_alpha.detach().exp(), self.task_names)
+        return critic, actor, log_probs
 
     @property
     def skipped_updates(self) -> dict[str, int]:
@@ -375,43 +391,6 @@ class MTSAC(OffPolicyAlgorithm):
                 self.logger.record(key, value)
 
     # -- saving and loading -------------------------------------------------------------------
-
-    # Constructor arguments a checkpoint does not keep: the environment and where to log or run.
-    NOT_SAVED: ClassVar[tuple[str, ...]] = (
-        "self",
-        "policy",
-        "env",
-        "tensorboard_log",
-        "verbose",
-        "device",
-        "_init_setup_model",
-    )
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments, as plain data, to rebuild this model from a file: each is
-        the attribute of its name (``aggregator`` is :attr:`aggregator_name`)."""
-        for key in ("optimizer_class", "optimizer_kwargs"):
-            if key in self.policy_kwargs:
-                raise ValueError(f"cannot save a model built with a custom {key}")
-        names = [
-            n for n in inspect.signature(type(self).__init__).parameters if n not in self.NOT_SAVED
-        ]
-        values = {
-            name: getattr(self, "aggregator_name" if name == "aggregator" else name)
-            for name in names
-        }
-        values["train_freq"] = int(self.train_freq.frequency)
-        values["batch_size"] = int(self.batch_size)
-        # The policy's own settings as built, not only those given: a later change of a
-        # default must not change a saved model.
-        built = self.policy._get_constructor_parameters()
-        resolved = {k: built[k] for k in POLICY_SETTINGS} | dict(self.policy_kwargs)
-        resolved["multi_head"] = False  # network says it
-        resolved["network"] = built["network"]
-        values["policy_kwargs"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()
-        }
-        return values
 
     def parts(self) -> dict[str, Any]:
         """What a checkpoint holds besides the hyperparameters, counters and generators: name →

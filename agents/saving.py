@@ -10,6 +10,7 @@ dicts keyed by network, and formats 1 and 2 kept only the policy settings that w
 from __future__ import annotations
 
 import collections
+import inspect
 import random
 from typing import Any
 
@@ -25,6 +26,43 @@ VERSION = 3
 # Settings that formats 1 and 2 kept only when they were given, with the values they then had.
 EARLIER_POLICY_VALUES = {"log_std_bounding": "tanh", "init": "torch", "adam_eps": 1e-8}
 EARLIER_HYPERPARAMETERS = {"max_grad_norm": None, "max_q_value": None, "gram_update": "products"}
+
+
+# Constructor arguments a checkpoint does not keep: the environment and where to log or run.
+NOT_SAVED = ("self", "policy", "env", "tensorboard_log", "verbose", "device", "_init_setup_model")
+# The policy's settings a checkpoint keeps as they were built, given or not: a later change of
+# a default must not change a saved model.
+POLICY_SETTINGS = (
+    "net_arch",
+    "network",
+    "network_options",
+    "actor_task_layers",
+    "critic_task_layers",
+    "n_critics",
+    "log_std_bounds",
+    "log_std_bounding",
+    "init",
+    "optimizer",
+    "adam_eps",
+)
+
+
+def hyperparameters(model: Any) -> dict[str, Any]:
+    """An MTSAC's constructor arguments, as plain data, to rebuild it from a file: each is the
+    attribute of its name (``aggregator`` is ``aggregator_name``)."""
+    for key in ("optimizer_class", "optimizer_kwargs"):
+        if key in model.policy_kwargs:
+            raise ValueError(f"cannot save a model built with a custom {key}")
+    names = [n for n in inspect.signature(type(model).__init__).parameters if n not in NOT_SAVED]
+    values = {n: getattr(model, "aggregator_name" if n == "aggregator" else n) for n in names}
+    values["train_freq"] = int(model.train_freq.frequency)
+    values["batch_size"] = int(model.batch_size)
+    built = model.policy._get_constructor_parameters()
+    policy = {k: built[k] for k in POLICY_SETTINGS} | dict(model.policy_kwargs)
+    policy["multi_head"] = False  # network says it
+    policy["network"] = built["network"]
+    values["policy_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in policy.items()}
+    return values
 
 
 def box_to_data(box: spaces.Box) -> dict[str, Any]:
@@ -82,8 +120,7 @@ def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
     hyperparameters["policy_kwargs"] = EARLIER_POLICY_VALUES | dict(
         hyperparameters["policy_kwargs"]
     )
-    if "compile_aggregator" not in hyperparameters:
-        hyperparameters["compile_aggregator"] = False
+    hyperparameters["compile"] = hyperparameters.pop("compile_aggregator", False)
     state["hyperparameters"] = hyperparameters
     state["format_version"] = VERSION
     if version == 2:
@@ -126,7 +163,7 @@ def checkpoint_state(model: Any, full: bool = True) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": VERSION,
         "mtrl_version": mtrl.__version__,
-        "hyperparameters": model.hyperparameters(),
+        "hyperparameters": hyperparameters(model),
         "spaces": {
             "observation": box_to_data(model.observation_space),
             "action": box_to_data(model.action_space),

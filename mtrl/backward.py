@@ -176,9 +176,9 @@ class MultiTaskBackward:
         self.gradients, self.update = gradients, update
         self.weights_of = aggregator.weights
         if compile:
-            device = next(network.parameters()).device
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self.weights_of = torch.compile(aggregator.weights, mode=mode, dynamic=False)
+            # inductor's own kernels: on CUDA the whole update is captured (mtrl.capture), so
+            # the method's part must not make CUDA graphs of its own
+            self.weights_of = torch.compile(aggregator.weights, dynamic=False)
         self.summed = gradients == "none" or aggregator.loss_based
         if not self.summed and gradients not in ("vmap", "loop"):
             covered = {

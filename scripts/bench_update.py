@@ -45,7 +45,7 @@ class ShapeOnly(gym.Env):
 
 def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000, **options) -> MTSAC:
     """An MTSAC on Meta-World's shapes with a replay buffer of random transitions; ``options``
-    are further MTSAC arguments (``compile_aggregator``, ``gram_update``, ``policy_kwargs``
+    are further MTSAC arguments (``compile``, ``gram_update``, ``policy_kwargs``
     besides the hidden sizes, ...)."""
     env = DummyVecEnv([lambda: ShapeOnly(tasks)] * tasks)
     policy_kwargs = {"net_arch": net, **options.pop("policy_kwargs", {})}
@@ -136,7 +136,7 @@ def main() -> None:
                 device=device,
                 net=args.net,
                 batch_per_task=args.batch_per_task,
-                compile_aggregator=args.compile,
+                compile=args.compile,
             )
             models = {("mean", "none"): build("mean", "none")}
             for method in methods:

@@ -48,6 +48,10 @@ class Aggregator:
     def reset(self) -> None:
         """Forget any state kept across calls (nothing, for stateless methods)."""
 
+    def generators(self) -> list[torch.Generator]:
+        """The generators the method draws from (a CUDA graph must know them)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers describing the state kept across calls, for checkpoints."""
         return {}

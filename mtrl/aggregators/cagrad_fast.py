@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mtrl.aggregators.base import normalized_gram, register
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual, conflict_averse_update
-from mtrl.aggregators.tools import Seeded, check_count, upload
+from mtrl.aggregators.tools import Seeded, check_count
 
 
 @register("cagrad-fast")
@@ -49,19 +49,20 @@ class FastCAGrad(Seeded, CAGrad):
         check_count(self.name, "groups", self.groups)
         self._start_generator()
 
-    def grouping(self, size: int) -> Tensor:
-        """The ``[n, K]`` float64 grouping matrix A on the CPU; draws from the generator."""
+    def grouping(self, size: int, device: torch.device | str = "cpu") -> Tensor:
+        """The ``[n, K]`` float64 grouping matrix A on ``device``; draws from the generator."""
         groups = min(self.groups, size)
-        order = torch.randperm(size, generator=self._generator)
-        matrix = torch.zeros(groups, size, dtype=torch.float64)
-        matrix[torch.arange(groups - 1), order[: groups - 1]] = 1.0
+        generator = self.generator(torch.device(device))
+        order = torch.randperm(size, generator=generator, device=generator.device)
+        matrix = torch.zeros(groups, size, dtype=torch.float64, device=generator.device)
+        matrix[torch.arange(groups - 1, device=generator.device), order[: groups - 1]] = 1.0
         matrix[groups - 1, order[groups - 1 :]] = 1.0 / (size - groups + 1)
         return matrix
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         g = normalized_gram(gram)
         size = g.shape[0]
-        grouping = upload(self.grouping(size), g.device)
+        grouping = self.grouping(size, g.device)
         group_gram = grouping @ g @ grouping.T
         anchor = grouping.count_nonzero(dim=1).to(g.dtype) / size  # ω: group sizes / K
         radius = self.c * (anchor @ group_gram @ anchor).clamp_min(0).sqrt()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
-from mtrl.aggregators.tools import Seeded, safe_divide, upload, visiting_orders
+from mtrl.aggregators.tools import Seeded, safe_divide, visiting_orders
 
 # Floor on sqrt(1 − φ̂²): a target of exactly 1 (reachable by rounding) would ask for an
 # infinite step; the floor caps it at a finite one.
@@ -72,7 +72,7 @@ class GradVac(Seeded, Aggregator):
         if self._targets.shape != (size, size):
             self._targets = torch.zeros(size, size, dtype=g.dtype, device=g.device)
         targets = self._targets.to(g.device)
-        orders = upload(self.visiting_orders(size), g.device)
+        orders = visiting_orders(self.generator(g.device), size)
         coefficients = torch.eye(size, dtype=g.dtype, device=g.device)  # row i is c_i
         products = g.clone()  # row i is G c_i: (G c_i)_j = g'_i · g_j
         squared = g.diagonal().clone()  # ‖g'_i‖² = c_iᵀ G c_i

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregators.base import Aggregator, normalized_gram, register
-from mtrl.aggregators.tools import Seeded, upload, visiting_orders
+from mtrl.aggregators.tools import Seeded, visiting_orders
 
 
 @register("pcgrad")
@@ -46,7 +46,7 @@ class PCGrad(Seeded, Aggregator):
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         size = gram.shape[0]
         g = normalized_gram(gram)
-        orders = upload(self.visiting_orders(size), g.device)
+        orders = visiting_orders(self.generator(g.device), size)
         coefficients = torch.eye(size, dtype=g.dtype, device=g.device)  # row i is c_i
         squared_norms = g.diagonal().clamp_min(torch.finfo(g.dtype).tiny)
         tasks = torch.arange(size, device=g.device)

@@ -10,12 +10,14 @@ from torch import Tensor
 
 
 class Seeded:
-    """For methods that draw random numbers: a CPU generator seeded from the ``seed`` field.
+    """For methods that draw random numbers: a generator seeded from the ``seed`` field, on the
+    device of the Gram matrices the method is given (:meth:`generator`).
 
     ``seed=None`` draws the seed from torch's global generator, so that ``torch.manual_seed``
     makes runs repeatable. ``reset`` restarts the stream; the generator's state is part of the
-    method's checkpointed state. Drawing on the host keeps the draws identical on every
-    device; :func:`upload` sends them to the device without a host sync.
+    method's checkpointed state. The draws stay on the device: nothing waits for the host, and a
+    captured CUDA graph replays them from the generator registered with it
+    (:meth:`Aggregator.generators`).
     """
 
     seed: int | None
@@ -32,10 +34,32 @@ class Seeded:
         seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
         self._generator.manual_seed(seed)
 
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The method's generator on ``device``: the first call on another device starts one
+        there, seeded from the current one (so the stream is fixed per device)."""
+        if self._generator.device != torch.device(device):
+            seed = int(
+                torch.randint(2**62, (), generator=self._generator, device=self._generator.device)
+            )
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(seed)
+        return self._generator
+
+    def generators(self) -> list[torch.Generator]:
+        return [self._generator]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
+        return {"generator": self._generator.get_state(), "device": str(self._generator.device)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = torch.device(state.get("device", "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            # A CUDA generator's state means nothing to a CPU one: continue on the CPU from a
+            # seed made of that state, the same every time the checkpoint is loaded.
+            self._generator = torch.Generator()
+            self._generator.manual_seed(int(state["generator"].double().sum().item()))
+            return
+        self._generator = torch.Generator(device=device)
         self._generator.set_state(state["generator"])
 
 
@@ -46,8 +70,9 @@ def check_count(method: str, field: str, value: Any) -> None:
 
 
 def visiting_orders(generator: torch.Generator, size: int) -> Tensor:
-    """One random permutation of the other tasks per task: row i lists the j ≠ i."""
-    keys = torch.rand(size, size, generator=generator, dtype=torch.float64)
+    """One random permutation of the other tasks per task, on the generator's device: row i
+    lists the j ≠ i."""
+    keys = torch.rand(size, size, generator=generator, dtype=torch.float64, device=generator.device)
     keys.fill_diagonal_(2.0)  # sorts each task itself last, where it is dropped
     return keys.argsort(dim=1)[:, : size - 1]
 

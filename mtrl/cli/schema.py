@@ -156,7 +156,7 @@ class AgentConfig:
     initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
     per_task_gradients: str = valid("auto", OneOf(GRADIENT_MODES))
     gram_update: str = valid("products", OneOf(UPDATE_MODES))
-    compile_aggregator: bool = False
+    compile: bool = False
     recon_threshold: float = valid(0.0, Interval(-1, 0))
 
 
@@ -215,6 +215,9 @@ def upgrade(config: DictConfig) -> DictConfig:
         config.network = {"name": "multi-head" if agent.get("multi_head") else "mlp"}
     if "multi_head" in agent:
         del agent["multi_head"]
+    if "compile_aggregator" in agent:  # the same switch, which on CUDA now captures more
+        agent.compile = agent.compile_aggregator
+        del agent["compile_aggregator"]
     if "buffer_size" in agent:
         tasks = len(task_names(config.benchmark.name, config.benchmark.get("task")))
         agent.buffer_size_per_task = max(agent.buffer_size // tasks, 1)

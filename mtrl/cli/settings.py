@@ -109,7 +109,7 @@ def agent_kwargs(
         "learning_starts": agent["warmup_steps"] * num_tasks,
         "gradient_steps": agent["gradient_steps"],
         "initial_alpha": float(agent["initial_alpha"]),
-        "compile_aggregator": agent["compile_aggregator"],
+        "compile": agent["compile"],
         "max_grad_norm": agent["max_grad_norm"],
         "max_q_value": agent["max_q_value"],
         "recon_threshold": float(agent["recon_threshold"]),

@@ -108,6 +108,10 @@ class MTSAC(OffPolicyAlgorithm):
             clipping), 1.0 as in the JAX recipes.
         max_q_value: clip the critics' TD targets to ``[−max_q_value, max_q_value]`` (``None``:
             no clipping, as the JAX recipes; their PaCo runs use 5000).
+        overlap_updates: run each step's updates while the environments simulate the next step
+            (``None``: when they step in worker processes, an async env). The acting policy then
+            lags one update behind: the action of step t+1 comes from the policy before the
+            updates asked for after step t, which see the same data as without the overlap.
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -137,6 +141,7 @@ class MTSAC(OffPolicyAlgorithm):
         compile: bool = False,
         max_grad_norm: float | None = 1.0,
         max_q_value: float | None = None,
+        overlap_updates: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -185,6 +190,15 @@ class MTSAC(OffPolicyAlgorithm):
         self.requested_batch_size = batch_size
         if learning_starts is None:
             self.learning_starts = WARMUP_VECTOR_STEPS * self.n_envs
+        if overlap_updates is None:
+            overlap_updates = bool(getattr(self.env, "steps_in_workers", False))
+        elif overlap_updates and self.env is not None and not hasattr(self.env, "during_step"):
+            raise ValueError(
+                "overlap_updates=True needs an env that runs work while it steps "
+                f"(mtrl.envs.MetaWorldVecEnv), got {type(self.env).__name__}"
+            )
+        self.overlap_updates = overlap_updates
+        self.pending_updates = 0  # asked for by SB3, to run during the next step (overlap)
         self.task_names: list[str] = []
         if env is not None:
             self._bind_tasks()
@@ -275,6 +289,19 @@ class MTSAC(OffPolicyAlgorithm):
     # -- the update ---------------------------------------------------------------------------
 
     def train(self, gradient_steps: int, batch_size: int) -> None:
+        if self.overlap_updates:
+            self.pending_updates += gradient_steps  # run while the next step is simulated
+            return
+        self._train(gradient_steps, batch_size)
+
+    def _run_pending_updates(self) -> None:
+        """The updates asked for after the last step (the env's :attr:`during_step`)."""
+        steps, self.pending_updates = self.pending_updates, 0
+        if steps:
+            self._train(steps, self.batch_size)
+            self.policy.set_training_mode(False)  # the policy acts next
+
+    def _train(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(
             [self.actor.optimizer, self.critic.optimizer, self.alpha_optimizer]
@@ -362,6 +389,8 @@ class MTSAC(OffPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> MTSAC:
         """SB3's ``learn``; logs are written once per round of episodes by default."""
+        if self.overlap_updates:
+            self.env.during_step = self._run_pending_updates
         interval = log_interval or self.n_envs
         return super().learn(
             total_timesteps, callback, interval, tb_log_name, reset_num_timesteps, progress_bar

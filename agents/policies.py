@@ -6,6 +6,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
@@ -161,3 +162,25 @@ class MTSACPolicy(BasePolicy):
         self.actor.train(mode)
         self.critic.train(mode)
         self.training = mode
+
+
+class PolicySnapshot:
+    """The deterministic policy as it is at one moment, picklable: a copy of the actor (without
+    its optimizer) and the action bounds, so that an evaluation in another process acts as
+    ``policy.predict(obs, deterministic=True)`` would, while training changes the policy."""
+
+    def __init__(self, policy: MTSACPolicy, device: torch.device | str = "cpu") -> None:
+        actor = policy.actor
+        # the memo entry leaves the optimizer (and its moments) out of the copy
+        self.actor = copy.deepcopy(actor, memo={id(getattr(actor, "optimizer", None)): None})
+        self.actor.to(device).eval()
+        self.device = torch.device(device)
+        self.low = policy.action_space.low
+        self.high = policy.action_space.high
+
+    def __call__(self, observations: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+            actions = self.actor.deterministic(obs).cpu().numpy()
+        # SB3's unscale_action: the actor's [-1, 1] onto the action space
+        return self.low + 0.5 * (actions + 1.0) * (self.high - self.low)

@@ -25,7 +25,12 @@ FORMAT = "mtrl.MTSAC"
 VERSION = 3
 # Settings that formats 1 and 2 kept only when they were given, with the values they then had.
 EARLIER_POLICY_VALUES = {"log_std_bounding": "tanh", "init": "torch", "adam_eps": 1e-8}
-EARLIER_HYPERPARAMETERS = {"max_grad_norm": None, "max_q_value": None, "gram_update": "products"}
+EARLIER_HYPERPARAMETERS = {
+    "max_grad_norm": None,
+    "max_q_value": None,
+    "gram_update": "products",
+    "overlap_updates": False,
+}
 
 
 # Constructor arguments a checkpoint does not keep: the environment and where to log or run.
@@ -173,6 +178,7 @@ def checkpoint_state(model: Any, full: bool = True) -> dict[str, Any]:
             "num_timesteps": int(model.num_timesteps),
             "n_updates": int(model._n_updates),
             "episode_num": int(model._episode_num),
+            "pending_updates": int(model.pending_updates),
         },
         "rng": rng_state(model.action_space),
         "run_state": dict(model.run_state),
@@ -208,6 +214,7 @@ def from_state(cls: type, state: dict[str, Any], env: Any, device: Any, source: 
     model.num_timesteps = counters["num_timesteps"]
     model._n_updates = counters["n_updates"]
     model._episode_num = counters["episode_num"]
+    model.pending_updates = counters.get("pending_updates", 0)  # before overlap existed: none
     model.run_state = dict(state["run_state"])
     if "replay_buffer" in state:
         model.replay_buffer.load_state_dict(state["replay_buffer"])

@@ -23,6 +23,9 @@ TASK_SETS = {"mt10": MT10_V3, "mt25": MT25_V3, "mt50": ALL_V3_ENVIRONMENTS}
 REWARD_VERSIONS = ("v1", "v2")
 GOAL_MODES = ("resample", "fixed")
 VECTOR_STRATEGIES = ("sync", "async")
+# Cores a run needs before its environments get worker processes of their own: with fewer, the
+# workers and the update contend for the same cores and both slow down.
+ASYNC_FROM_CORES = 3
 
 # Meta-World's own horizon (SawyerXYZEnv.max_path_length): the raw env truncates at 500 steps
 # whatever TimeLimit asks for, so a longer episode cannot be honoured.
@@ -58,6 +61,19 @@ def task_names(benchmark: str, task: str | None = None) -> list[str]:
             "(a single task is benchmark 'mt1')"
         )
     return list(TASK_SETS[benchmark])
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (a cluster job's share, not the whole machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_vector_strategy(jobs: int = 1) -> str:
+    """``"async"`` where each of ``jobs`` runs sharing this machine has at least
+    :data:`ASYNC_FROM_CORES` cores, else ``"sync"``."""
+    return "async" if available_cores() // max(jobs, 1) >= ASYNC_FROM_CORES else "sync"
 
 
 def _check_choice(field: str, value: object, valid: tuple[str, ...]) -> None:

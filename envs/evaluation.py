@@ -1,9 +1,13 @@
-"""Evaluation by Meta-World's own protocol (``metaworld.evaluation.evaluation``)."""
+"""Evaluation by Meta-World's own protocol (``metaworld.evaluation.evaluation``), in this process
+or in a worker process while training goes on."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import gymnasium as gym
 import numpy as np
@@ -103,3 +107,90 @@ def evaluate(
         returns={task: float(np.mean(returns[task])) for task in tasks},
         episodes=episodes,
     )
+
+
+class InlineEvaluation:
+    """Evaluations of a run, each done as it is asked for, on one evaluation env built with the
+    run's seed (see :func:`evaluate`).
+
+    ``submit(policy, vector_step)`` evaluates ``policy`` with :func:`evaluation_seed` of that
+    step; ``finished()`` returns the ``(vector_step, result)`` pairs done since the last call.
+    """
+
+    snapshot_device: str | None = None  # where policy snapshots act; None: the model's device
+
+    def __init__(self, spec: BenchmarkSpec, seed: int, episodes: int) -> None:
+        self.spec, self.seed, self.episodes = spec, seed, episodes
+        self.env = make_vector_env(spec, seed)
+        self.done: list[tuple[int, EvalResult]] = []
+
+    def submit(self, policy: PolicyFn, vector_step: int) -> None:
+        seed = evaluation_seed(self.seed, vector_step)
+        self.done.append((vector_step, evaluate(policy, self.spec, self.episodes, seed, self.env)))
+
+    def finished(self, wait: bool = False) -> list[tuple[int, EvalResult]]:
+        done, self.done = self.done, []
+        return done
+
+    def running(self) -> list[tuple[int, PolicyFn]]:
+        """The ``(vector_step, policy)`` of the evaluations asked for and not yet finished."""
+        return []
+
+    def close(self) -> None:
+        self.env.close()
+
+
+_worker_env: dict[str, gym.vector.VectorEnv] = {}
+
+
+def _start_worker(spec: BenchmarkSpec, seed: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the policy is small next to the simulation; the update has the rest
+    _worker_env["env"] = make_vector_env(spec, seed)
+
+
+def _evaluate_in_worker(policy: PolicyFn, spec: BenchmarkSpec, episodes: int, seed: int):
+    return evaluate(policy, spec, episodes, seed, env=_worker_env["env"])
+
+
+class BackgroundEvaluation(InlineEvaluation):
+    """:class:`InlineEvaluation` in a worker process, so that training does not wait: the
+    evaluations run one after another, in the order asked for, on the worker's own evaluation
+    env, built like the inline one. ``policy`` must be picklable (a snapshot of the policy), and
+    for the same policy and step the result is the inline one.
+
+    ``finished()`` returns the evaluations done so far, oldest first; ``finished(wait=True)``
+    waits for all that were asked for.
+    """
+
+    snapshot_device = "cpu"
+
+    def __init__(self, spec: BenchmarkSpec, seed: int, episodes: int) -> None:
+        self.spec, self.seed, self.episodes = spec, seed, episodes
+        self.pending: collections.deque = collections.deque()
+        # spawn, not fork: a forked child would inherit the parent's threads' locks and CUDA state
+        self.pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(spec, seed),
+        )
+
+    def submit(self, policy: PolicyFn, vector_step: int) -> None:
+        seed = evaluation_seed(self.seed, vector_step)
+        future = self.pool.submit(_evaluate_in_worker, policy, self.spec, self.episodes, seed)
+        self.pending.append((vector_step, policy, future))
+
+    def finished(self, wait: bool = False) -> list[tuple[int, EvalResult]]:
+        done = []
+        while self.pending and (wait or self.pending[0][2].done()):
+            vector_step, _, future = self.pending.popleft()
+            done.append((vector_step, future.result()))
+        return done
+
+    def running(self) -> list[tuple[int, PolicyFn]]:
+        return [(vector_step, policy) for vector_step, policy, _ in self.pending]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

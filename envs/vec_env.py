@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -43,6 +43,10 @@ class MetaWorldVecEnv(VecEnv):
     ``terminal_observation``, ``TimeLimit.truncated`` (so the replay buffer bootstraps time-outs),
     ``episode`` and ``is_success``. Meta-World's ``info["success"]`` is per step, so ``is_success``
     is whether it was ever 1 during the episode, as in Meta-World's evaluation protocol.
+
+    :attr:`during_step`, when set, is called once per step while the sub-envs simulate it: in
+    their worker processes for an async env (the agent's update then runs meanwhile), just before
+    the step for a sync one, which gives the same results without the overlap.
     """
 
     def __init__(self, env: gym.vector.VectorEnv):
@@ -61,6 +65,7 @@ class MetaWorldVecEnv(VecEnv):
         )
         super().__init__(env.num_envs, observation_space, env.single_action_space)
         self._actions: np.ndarray | None = None
+        self.during_step: Callable[[], None] | None = None
         self._episode_returns = np.zeros(self.num_envs)
         self._episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._ever_succeeded = np.zeros(self.num_envs, dtype=bool)
@@ -80,11 +85,24 @@ class MetaWorldVecEnv(VecEnv):
         self._ever_succeeded[:] = False
         return np.asarray(obs, dtype=np.float32)
 
+    @property
+    def steps_in_workers(self) -> bool:
+        """Whether the sub-envs step in worker processes (an async env), so that work done
+        meanwhile overlaps with the simulation."""
+        return isinstance(self.vector_env, gym.vector.AsyncVectorEnv)
+
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
+        if self.steps_in_workers:
+            self.vector_env.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        obs, rewards, terminated, truncated, info = self.vector_env.step(self._actions)
+        if self.during_step is not None:
+            self.during_step()
+        if self.steps_in_workers:
+            obs, rewards, terminated, truncated, info = self.vector_env.step_wait()
+        else:
+            obs, rewards, terminated, truncated, info = self.vector_env.step(self._actions)
         dones = np.logical_or(terminated, truncated)
         self._episode_returns += rewards
         self._episode_lengths += 1

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
+from mtrl.agents.policies import PolicySnapshot
 from mtrl.runs import checkpoint_path, prune_checkpoints
+
+# The run-state key under which a checkpoint keeps the evaluations running when it was written.
+RUNNING = "running_evaluations"
 
 
 class VectorStepCallback(BaseCallback):
@@ -67,48 +69,95 @@ class VectorStepCallback(BaseCallback):
 class EvaluationCallback(VectorStepCallback):
     """Evaluates the deterministic policy and logs success per task, returns and the best so far.
 
-    ``evaluate(policy, vector_step)`` maps a policy function (observations → actions) to a result
-    with ``mean_success``, ``success`` (task → rate) and ``returns`` (task → mean return).
+    ``evaluator`` runs the evaluations, inline or in a worker process while training goes on
+    (:mod:`mtrl.envs.evaluation`): each gets a snapshot of the policy
+    (:class:`mtrl.agents.policies.PolicySnapshot`), and its result is logged at the step the
+    snapshot was taken, once it is there. The snapshots of evaluations still running when a
+    checkpoint is written go into it (:meth:`running_state`), so that a resumed run evaluates
+    them again; at the end of a run, it waits for them.
     """
 
-    def __init__(
-        self, evaluate: Callable[[Callable[[np.ndarray], np.ndarray], int], Any], every: int
-    ) -> None:
+    def __init__(self, evaluator: Any, every: int) -> None:
         super().__init__(every)
-        self.evaluate = evaluate
+        self.evaluator = evaluator
 
     def fire_at_end(self) -> bool:
         return not self.model.stop_requested  # an interrupted run stops without a long evaluation
 
     def fire(self) -> None:
-        policy = lambda obs: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
-        result = self.evaluate(policy, self.vector_step)
-        run_state = self.model.run_state
-        run_state["last_success"] = result.mean_success
-        run_state["best_success"] = max(run_state.get("best_success", 0.0), result.mean_success)
-        self.logger.record("eval/success_rate", result.mean_success)
-        self.logger.record("eval/best_success_rate", run_state["best_success"])
-        for task, rate in result.success.items():
-            self.logger.record(f"eval/success_rate/{task}", rate)
-        for task, value in result.returns.items():
-            self.logger.record(f"eval/return/{task}", value)
+        device = self.evaluator.snapshot_device or self.model.device
+        self.evaluator.submit(PolicySnapshot(self.model.policy, device), self.vector_step)
         if hasattr(self.model, "record_pairwise_conflicts"):
             self.model.record_pairwise_conflicts()
-        self.logger.dump(self.num_timesteps)
+            self.logger.dump(self.num_timesteps)
+        self._log(self.evaluator.finished())
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        # those a resumed run's checkpoint was written during
+        for saved in self.model.run_state.pop(RUNNING, []):
+            snapshot = PolicySnapshot(self.model.policy, self.evaluator.snapshot_device or "cpu")
+            snapshot.actor.load_state_dict(saved["actor"])
+            self.evaluator.submit(snapshot, saved["vector_step"])
+
+    def _on_rollout_start(self) -> None:
+        super()._on_rollout_start()
+        self._log(self.evaluator.finished())
+
+    def _on_training_end(self) -> None:
+        super()._on_training_end()
+        if not self.model.stop_requested:  # a stopped run's checkpoint keeps the running ones
+            self._log(self.evaluator.finished(wait=True))
+
+    def running_state(self) -> list[dict[str, Any]]:
+        """The evaluations still running, as plain data: each one's step and policy weights."""
+        self._log(self.evaluator.finished())
+        return [
+            {"vector_step": step, "actor": policy.actor.state_dict()}
+            for step, policy in self.evaluator.running()
+        ]
+
+    def _log(self, results: list[tuple[int, Any]]) -> None:
+        run_state = self.model.run_state
+        for vector_step, result in results:
+            run_state["last_success"] = result.mean_success
+            best = max(run_state.get("best_success", 0.0), result.mean_success)
+            run_state["best_success"] = best
+            self.logger.record("eval/success_rate", result.mean_success)
+            self.logger.record("eval/best_success_rate", best)
+            for task, rate in result.success.items():
+                self.logger.record(f"eval/success_rate/{task}", rate)
+            for task, value in result.returns.items():
+                self.logger.record(f"eval/return/{task}", value)
+            self.logger.dump(vector_step * self.training_env.num_envs)
 
 
 class CheckpointCallback(VectorStepCallback):
     """Writes a full checkpoint (atomically) every ``every`` vector steps and at the end, then
     deletes all but the ``keep`` newest (never the checkpoint of a finished budget)."""
 
-    def __init__(self, run_dir: Path, every: int, keep: int, replay_buffer: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        keep: int,
+        replay_buffer: bool,
+        evaluation: EvaluationCallback | None = None,
+    ) -> None:
         super().__init__(every)
         if keep < 1:
             raise ValueError(f"keep must be at least 1 checkpoint, got {keep}")
         self.run_dir, self.keep, self.replay_buffer = Path(run_dir), keep, replay_buffer
+        self.evaluation = evaluation  # whose running evaluations a checkpoint keeps
 
     def fire(self) -> None:
-        self.model.save(checkpoint_path(self.run_dir, self.num_timesteps), self.replay_buffer)
+        run_state = self.model.run_state
+        if self.evaluation is not None:
+            run_state[RUNNING] = self.evaluation.running_state()
+        try:
+            self.model.save(checkpoint_path(self.run_dir, self.num_timesteps), self.replay_buffer)
+        finally:
+            run_state.pop(RUNNING, None)
         prune_checkpoints(self.run_dir, self.keep)
 
 

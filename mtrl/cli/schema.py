@@ -131,7 +131,8 @@ class BenchmarkConfig:
     reward_version: str = valid("v2", OneOf(REWARD_VERSIONS))
     goal_mode: str = valid("resample", OneOf(GOAL_MODES))
     episode_length: int = valid(500, Interval(1, MAX_EPISODE_LENGTH, integer=True))
-    vector_strategy: str = valid("sync", OneOf(VECTOR_STRATEGIES))
+    # auto: chosen by the machine's cores when the run starts, and kept by the run
+    vector_strategy: str = valid("auto", OneOf(("auto", *VECTOR_STRATEGIES)))
 
 
 @dataclass
@@ -164,6 +165,7 @@ class AgentConfig:
 class EvalConfig:
     every: int = valid(50_000, COUNT)
     episodes: int = valid(50, COUNT)
+    background: bool | None = None  # None: in a worker process where cores are to spare
 
 
 @dataclass

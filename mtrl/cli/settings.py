@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtrl.agents import architectures
 from mtrl.aggregators import make_aggregator
 from mtrl.cli.schema import ConfigError, validate
-from mtrl.envs.benchmarks import BenchmarkSpec
+from mtrl.envs.benchmarks import BenchmarkSpec, choose_vector_strategy
 
 __all__ = ["ConfigError", "TrainSettings", "integer", "resolve_device", "train_settings"]
 
@@ -58,6 +58,7 @@ class TrainSettings:
     total_steps: int
     eval_every: int
     eval_episodes: int
+    eval_background: bool | None  # None: where the machine has cores to spare
     checkpoint_every: int
     checkpoint_keep: int
     checkpoint_replay_buffer: bool
@@ -141,6 +142,8 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     validate(container)
     method = dict(container["method"])
     name = method.pop("name")
+    if container["benchmark"]["vector_strategy"] == "auto":
+        container["benchmark"]["vector_strategy"] = choose_vector_strategy()
     try:
         benchmark = BenchmarkSpec(**container["benchmark"])
     except ValueError as error:
@@ -168,6 +171,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         total_steps=container["total_steps"],
         eval_every=evaluation["every"],
         eval_episodes=evaluation["episodes"],
+        eval_background=evaluation["background"],
         checkpoint_every=checkpoint["every"],
         checkpoint_keep=checkpoint["keep"],
         checkpoint_replay_buffer=checkpoint["replay_buffer"],

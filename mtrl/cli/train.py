@@ -40,8 +40,8 @@ from mtrl.callbacks import (
 from mtrl.checkpoint import CheckpointError, RunWriteError, load_state, write_text_atomic
 from mtrl.cli import schema
 from mtrl.cli.settings import ConfigError, TrainSettings, train_settings
-from mtrl.envs.benchmarks import make_vector_env
-from mtrl.envs.evaluation import evaluate, evaluation_seed
+from mtrl.envs.benchmarks import choose_vector_strategy, make_vector_env
+from mtrl.envs.evaluation import BackgroundEvaluation, InlineEvaluation
 from mtrl.envs.vec_env import MetaWorldVecEnv
 from mtrl.runs import (
     CONFIG,
@@ -83,6 +83,9 @@ def protocol(settings: TrainSettings) -> dict[str, Any]:
             "success": "success reached at any step of the episode",
         },
         "device": str(settings.device),
+        # Stepping the envs in worker processes overlaps each step with the updates asked for
+        # after the step before, which the policy acting at that step has not had.
+        "acting_policy_lag_updates": int(settings.benchmark.vector_strategy == "async"),
         "history": [],  # what each resume changed, see history()
         "versions": {"python": platform.python_version()}
         | {name: metadata.version(name) for name in PACKAGES},
@@ -141,12 +144,22 @@ def history(previous: dict[str, Any], current: dict[str, Any], vector_step: int)
     return changes
 
 
+def with_machine_choices(cfg: DictConfig, jobs: int | None) -> DictConfig:
+    """``cfg`` with its ``auto`` environment strategy decided for this machine and ``jobs``
+    runs sharing it, so that the run records it and keeps it when resumed elsewhere."""
+    if cfg.benchmark.vector_strategy != "auto":
+        return cfg
+    strategy = choose_vector_strategy(jobs or 1)
+    return OmegaConf.merge(cfg, {"benchmark": {"vector_strategy": strategy}})
+
+
 def run(
     cfg: DictConfig, run_dir: Path, callbacks: list[BaseCallback] = (), jobs: int | None = None
 ) -> MTSAC:
     """Train (or resume) one run into ``run_dir`` and return the trained model; ``callbacks``
     run after the run's own (evaluation, checkpoints), as SB3 callbacks; ``jobs`` runs share the
     machine (see :func:`set_threads`)."""
+    cfg = with_machine_choices(cfg, jobs)
     resuming = cfg.resume is not None
     settings = train_settings(cfg)
     set_threads(cfg.threads, jobs)
@@ -173,7 +186,12 @@ def run(
 
     spec = settings.benchmark
     env = MetaWorldVecEnv(make_vector_env(spec, settings.seed))
-    eval_env = make_vector_env(spec, settings.seed)
+    background = settings.eval_background
+    if background is None:
+        background = choose_vector_strategy(jobs or 1) == "async"
+    evaluator = (BackgroundEvaluation if background else InlineEvaluation)(
+        spec, settings.seed, settings.eval_episodes
+    )
     stop = GracefulStop()
     try:
         if state is not None:
@@ -201,18 +219,16 @@ def run(
             model.logger.record("run/protocol", _as_text(record, "protocol"), exclude=text)
             model.logger.dump(0)
 
-        def evaluate_policy(policy_fn, vector_step):
-            seed = evaluation_seed(settings.seed, vector_step)
-            return evaluate(policy_fn, spec, settings.eval_episodes, seed, env=eval_env)
-
+        evaluation = EvaluationCallback(evaluator, settings.eval_every)
         own = [
             stop,
-            EvaluationCallback(evaluate_policy, settings.eval_every),
+            evaluation,
             CheckpointCallback(
                 run_dir,
                 settings.checkpoint_every,
                 settings.checkpoint_keep,
                 settings.checkpoint_replay_buffer,
+                evaluation,
             ),
         ]
         if cfg.progress_bar:
@@ -233,7 +249,7 @@ def run(
     finally:
         stop.restore()  # the signals' own handlers again, also after a failure
         env.close()
-        eval_env.close()
+        evaluator.close()
 
 
 def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
@@ -244,6 +260,8 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
     """
     saved = OmegaConf.to_container(schema.upgrade(OmegaConf.load(run_dir / CONFIG)))
     current = OmegaConf.to_container(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
+    if current["benchmark"]["vector_strategy"] == "auto":  # the run decided it when it started
+        current["benchmark"]["vector_strategy"] = saved["benchmark"]["vector_strategy"]
     differing = sorted(
         key
         for key in set(current) | set(saved)

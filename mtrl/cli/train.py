@@ -329,5 +329,24 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+# Keys that earlier versions took on the command line, and what takes their place. Old config
+# files are upgraded (mtrl.cli.schema.upgrade); an old override would only hear from Hydra that
+# the key is not in the schema.
+REPLACED_KEYS = {
+    "agent.multi_head": "network=multi-head (or network=mlp for false)",
+    "agent.compile_aggregator": "agent.compile",
+}
+
+
+def cli() -> None:
+    """``mtrl-train``: refuses replaced keys by name, then hands the command line to Hydra."""
+    for argument in sys.argv[1:]:
+        key = argument.lstrip("+~").split("=", 1)[0]
+        if key in REPLACED_KEYS:
+            print(f"mtrl-train: {key} was replaced: use {REPLACED_KEYS[key]}", file=sys.stderr)
+            sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

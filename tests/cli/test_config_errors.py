@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -134,6 +136,21 @@ def test_a_resumed_directory_that_is_no_run_says_so(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"is not a run directory: it has no config\.yaml"):
         resume_config(train_config(f"resume={tmp_path}"), tmp_path, {"resume"})
+
+
+@pytest.mark.parametrize(
+    ("override", "replacement"),
+    [
+        ("agent.multi_head=true", "network=multi-head"),
+        ("agent.compile_aggregator=1", "agent.compile"),
+    ],
+)
+def test_a_replaced_key_on_the_command_line_names_its_replacement(override, replacement):
+    result = subprocess.run(
+        [sys.executable, "-m", "mtrl.cli.train", override], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{override.split('=')[0]} was replaced: use {replacement}" in result.stderr
 
 
 def test_the_schema_rules_describe_what_they_hold():

@@ -18,7 +18,8 @@
 # Stages: the tests under the `cuda` marker (each method's update on the device equals the
 # CPU's, the sync watch, the captured step); bench_update.py at 3 x 400, 1024 and 2048 wide, K = 10
 # and 50, with peak memory, compile=True against eager, and one width-4096 MT50 update for its
-# memory; bench_train.py; a 2-minute MT10 GradOPS training that prints vector steps/s, then a
+# memory; bench_train.py; bench_overlap.py (environments in workers during the update against
+# in this process); a 2-minute MT10 GradOPS training that prints vector steps/s, then a
 # short evaluation of what it learnt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ if [ "$DEVICE" = cuda ]; then
   BENCH=(--repeats 20 --rows 300)
   TRAIN=()
   BENCH_TRAIN=(--steps 100 --rounds 3 --warmup 100)
+  BENCH_OVERLAP=(--steps 100 --rounds 3 --warmup 100)
 else
   PY=${PYTHON:-.venv/bin/python}
   TRAIN_SECONDS=${TRAIN_SECONDS:-60}  # MT10 takes a while to build on 2 busy cores
@@ -54,6 +56,7 @@ else
   BENCH=(--repeats 2 --rows 50 --batch-per-task 8)
   TRAIN=(agent.net_arch=[32,32] agent.batch_size_per_task=8 benchmark.episode_length=50)
   BENCH_TRAIN=(--steps 5 --rounds 1 --warmup 5 --net 16 16 --batch-per-task 8)
+  BENCH_OVERLAP=(--steps 5 --rounds 1 --warmup 10 --net 16 16 --batch-per-task 8)
 fi
 
 stage() {  # stage NAME SECONDS COMMAND...: run it, its output into OUT/NAME.txt
@@ -94,6 +97,7 @@ stage 04-wide-update 120 "$PY" scripts/bench_update.py --devices "$DEVICE" "${WI
   --methods gradops --modes auto --loop-methods --repeats 2 --rows 20
 
 stage 05-train-bench 120 "$PY" scripts/bench_train.py --device "$DEVICE" "${BENCH_TRAIN[@]}"
+stage 05-overlap 150 "$PY" scripts/bench_overlap.py --device "$DEVICE" "${BENCH_OVERLAP[@]}"
 
 # A real run, stopped by SIGTERM as a cluster would stop it: it writes its checkpoint and exits.
 stage 06-train $((TRAIN_SECONDS + 90)) bash -c "

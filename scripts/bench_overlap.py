@@ -1,0 +1,77 @@
+"""End-to-end MT10 training rate with the environments stepped in this process (sync) against
+in worker processes while the update runs (async, ``overlap_updates``), in alternating rounds.
+
+The choice ``benchmark.vector_strategy=auto`` makes from the core count rests on this: on 2
+cores the workers contend with the update for the cores; with many cores they step for free.
+Prints env steps per second (updates included) of each, the ratio async / sync of each round
+and their median.
+
+    python scripts/bench_overlap.py --steps 100 --rounds 5
+    python scripts/bench_overlap.py --device cuda --net 400 400 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from mtrl.agents import MTSAC
+from mtrl.allocator import retain_freed_memory
+from mtrl.envs import BenchmarkSpec, MetaWorldVecEnv, make_vector_env
+
+TASKS = 10
+
+
+def throughput(model: MTSAC, vector_steps: int) -> float:
+    start = time.perf_counter()
+    model.learn(vector_steps * TASKS, reset_num_timesteps=False)
+    return vector_steps * TASKS / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=150, help="vector steps before timing")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--method", default="gradops")
+    parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
+    parser.add_argument("--batch-per-task", type=int, default=128)
+    args = parser.parse_args()
+    retain_freed_memory()
+    print(f"{os.cpu_count()} cores, {args.method}, net {args.net}, device {args.device}")
+    models = {}
+    for strategy in ("sync", "async"):
+        spec = BenchmarkSpec("mt10", vector_strategy=strategy)
+        env = MetaWorldVecEnv(make_vector_env(spec, seed=0))
+        models[strategy] = MTSAC(
+            "MlpPolicy",
+            env,
+            aggregator=args.method,
+            batch_size=args.batch_per_task * TASKS,
+            buffer_size=100_000,
+            learning_starts=args.warmup * TASKS // 2,
+            policy_kwargs={"net_arch": args.net},
+            seed=0,
+            device=args.device,
+        )
+        assert models[strategy].overlap_updates == (strategy == "async")
+    for model in models.values():
+        model.learn(args.warmup * TASKS)
+    rates = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            rates[name].append(throughput(model, args.steps))
+    for name, values in rates.items():
+        print(f"{name:>6}: {statistics.median(values):6.1f} env steps/s (updates included)")
+    ratios = [a / s for s, a in zip(rates["sync"], rates["async"], strict=True)]
+    print("ratio async / sync per round: " + " ".join(f"{r:.3f}" for r in ratios))
+    print(f"ratio async / sync: {statistics.median(ratios):.3f} (median over rounds)")
+    for model in models.values():
+        model.env.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,33 +12,18 @@ and their median.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import time
+
+from bench_train import TASKS, throughput, training_arguments
 
 from mtrl.agents import MTSAC
 from mtrl.allocator import retain_freed_memory
 from mtrl.envs import BenchmarkSpec, MetaWorldVecEnv, make_vector_env
 
-TASKS = 10
-
-
-def throughput(model: MTSAC, vector_steps: int) -> float:
-    start = time.perf_counter()
-    model.learn(vector_steps * TASKS, reset_num_timesteps=False)
-    return vector_steps * TASKS / (time.perf_counter() - start)
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=150, help="vector steps before timing")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--method", default="gradops")
-    parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
-    parser.add_argument("--batch-per-task", type=int, default=128)
+    parser = training_arguments(__doc__, steps=100, rounds=5, warmup=150)
     args = parser.parse_args()
     retain_freed_memory()
     print(f"{os.cpu_count()} cores, {args.method}, net {args.net}, device {args.device}")

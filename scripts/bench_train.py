@@ -30,15 +30,21 @@ def throughput(model, vector_steps: int) -> float:
     return vector_steps * TASKS / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="vector steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=200, help="vector steps before timing")
+def training_arguments(description: str, steps: int, rounds: int, warmup: int):
+    """The options of the end-to-end scripts: rounds of training, the network and the batch."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=steps, help="vector steps per round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--warmup", type=int, default=warmup, help="vector steps before timing")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", default="gradops")
     parser.add_argument("--net", type=int, nargs="+", default=[400, 400, 400])
     parser.add_argument("--batch-per-task", type=int, default=128)
+    return parser
+
+
+def main() -> None:
+    parser = training_arguments(__doc__, steps=200, rounds=3, warmup=200)
     parser.add_argument(
         "--default-allocator",
         action="store_true",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from bench_train import TASKS, throughput, training_arguments
+from bench_train import TASKS, alternating_rates, training_arguments
 
 from mtrl.agents import MTSAC
 from mtrl.allocator import retain_freed_memory
@@ -43,12 +43,7 @@ def main() -> None:
             device=args.device,
         )
         assert models[strategy].overlap_updates == (strategy == "async")
-    for model in models.values():
-        model.learn(args.warmup * TASKS)
-    rates = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            rates[name].append(throughput(model, args.steps))
+    rates = alternating_rates(models, args.warmup, args.steps, args.rounds)
     for name, values in rates.items():
         print(f"{name:>6}: {statistics.median(values):6.1f} env steps/s (updates included)")
     ratios = [a / s for s, a in zip(rates["sync"], rates["async"], strict=True)]

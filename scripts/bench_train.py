@@ -30,6 +30,17 @@ def throughput(model, vector_steps: int) -> float:
     return vector_steps * TASKS / (time.perf_counter() - start)
 
 
+def alternating_rates(models: dict, warmup: int, steps: int, rounds: int) -> dict[str, list]:
+    """Each model's env steps/s in rounds that alternate between them, after a warm-up each."""
+    for model in models.values():
+        model.learn(warmup * TASKS)
+    rates = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            rates[name].append(throughput(model, steps))
+    return rates
+
+
 def training_arguments(description: str, steps: int, rounds: int, warmup: int):
     """The options of the end-to-end scripts: rounds of training, the network and the batch."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
@@ -71,12 +82,7 @@ def main() -> None:
             "MlpPolicy", envs[1], aggregator=args.method, **copy.deepcopy(common)
         ),
     }
-    for model in models.values():
-        model.learn(args.warmup * TASKS)
-    rates = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            rates[name].append(throughput(model, args.steps))
+    rates = alternating_rates(models, args.warmup, args.steps, args.rounds)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, rate in medians.items():
         print(f"{name:>18}: {rate:6.1f} env steps/s (updates included)")

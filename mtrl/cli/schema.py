@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig
 from mtrl.agents.architectures import ARCHITECTURES
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
+from mtrl.agents.saving import EARLIER_HYPERPARAMETERS, EARLIER_POLICY_VALUES
 from mtrl.aggregators import available
 from mtrl.aggregators.base import aggregator_class
 from mtrl.backward import GRADIENT_MODES, UPDATE_MODES
@@ -196,14 +197,9 @@ class TrainConfig:
 
 
 # Agent keys that earlier versions did not write, with the values that reproduce what their
-# runs did (not today's defaults, which may be another recipe's).
-EARLIER_AGENT_VALUES = {
-    "gram_update": "products",
-    "log_std_bounding": "tanh",
-    "init": "torch",
-    "adam_eps": 1e-8,
-    "max_grad_norm": None,
-    "max_q_value": None,
+# runs did (not today's defaults, which may be another recipe's): those their checkpoints held.
+EARLIER_AGENT_VALUES = EARLIER_POLICY_VALUES | {
+    key: EARLIER_HYPERPARAMETERS[key] for key in ("gram_update", "max_grad_norm", "max_q_value")
 }
 
 

@@ -85,8 +85,7 @@ class EvaluationCallback(VectorStepCallback):
         return not self.model.stop_requested  # an interrupted run stops without a long evaluation
 
     def fire(self) -> None:
-        device = self.evaluator.snapshot_device or self.model.device
-        self.evaluator.submit(PolicySnapshot(self.model.policy, device), self.vector_step)
+        self.evaluator.submit(self._snapshot(), self.vector_step)
         if hasattr(self.model, "record_pairwise_conflicts"):
             self.model.record_pairwise_conflicts()
             self.logger.dump(self.num_timesteps)
@@ -96,7 +95,7 @@ class EvaluationCallback(VectorStepCallback):
         super()._on_training_start()
         # those a resumed run's checkpoint was written during
         for saved in self.model.run_state.pop(RUNNING, []):
-            snapshot = PolicySnapshot(self.model.policy, self.evaluator.snapshot_device or "cpu")
+            snapshot = self._snapshot()
             snapshot.actor.load_state_dict(saved["actor"])
             self.evaluator.submit(snapshot, saved["vector_step"])
 
@@ -108,6 +107,11 @@ class EvaluationCallback(VectorStepCallback):
         super()._on_training_end()
         if not self.model.stop_requested:  # a stopped run's checkpoint keeps the running ones
             self._log(self.evaluator.finished(wait=True))
+
+    def _snapshot(self) -> PolicySnapshot:
+        return PolicySnapshot(
+            self.model.policy, self.evaluator.snapshot_device or self.model.device
+        )
 
     def running_state(self) -> list[dict[str, Any]]:
         """The evaluations still running, as plain data: each one's step and policy weights."""

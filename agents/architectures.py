@@ -90,7 +90,7 @@ class MOORE(nn.Module):
         return out.view(self.members, *lead, -1)
 
     def shared_layers(self) -> dict[str, nn.Module]:
-        return {f"expert_{k}": v for k, v in self.expert_net.shared_layers().items()}
+        return prefixed(expert=self.expert_net)
 
 
 class SoftModules(nn.Module):
@@ -162,8 +162,7 @@ class SoftModules(nn.Module):
         return out.view(members, *lead, -1)
 
     def shared_layers(self) -> dict[str, nn.Module]:
-        layers = {f"state_{k}": v for k, v in self.state_embedding.shared_layers().items()}
-        layers |= {f"routing_{k}": v for k, v in self.routing_trunk.shared_layers().items()}
+        layers = prefixed(state=self.state_embedding, routing=self.routing_trunk)
         layers |= {f"router{i}": r for i, r in enumerate(self.routers)}
         layers["router_out"] = self.output_router
         layers |= {f"modules{i}": m for i, m in enumerate(self.module_layers)}
@@ -227,10 +226,9 @@ class CARE(nn.Module):
         return out.view(members, *lead, -1)
 
     def shared_layers(self) -> dict[str, nn.Module]:
-        layers = {f"task_{k}": v for k, v in self.task_encoder.shared_layers().items()}
-        layers |= {f"attention_{k}": v for k, v in self.attention.shared_layers().items()}
-        layers |= {f"encoders_{k}": v for k, v in self.encoders.shared_layers().items()}
-        return layers | {f"main_{k}": v for k, v in self.main.shared_layers().items()}
+        return prefixed(
+            task=self.task_encoder, attention=self.attention, encoders=self.encoders, main=self.main
+        )
 
 
 class FiLM(nn.Module):
@@ -287,9 +285,8 @@ class FiLM(nn.Module):
         return out.view(members, *lead, -1)
 
     def shared_layers(self) -> dict[str, nn.Module]:
-        layers = {f"film_{k}": v for k, v in self.film.shared_layers().items()}
-        layers |= {f"encoder{i}": layer for i, layer in enumerate(self.encoder)}
-        return layers | {f"main_{k}": v for k, v in self.main.shared_layers().items()}
+        encoder = {f"encoder{i}": layer for i, layer in enumerate(self.encoder)}
+        return prefixed(film=self.film) | encoder | prefixed(main=self.main)
 
 
 class PaCoLinear(nn.Module):
@@ -400,6 +397,15 @@ class PaCo(nn.Module):
 
     def shared_layers(self) -> dict[str, nn.Module]:
         return {f"layer{i}": layer for i, layer in enumerate(self.layers)}
+
+
+def prefixed(**parts: nn.Module) -> dict[str, nn.Module]:
+    """The shared layers of each part, each label prefixed with the part's name."""
+    return {
+        f"{name}_{label}": layer
+        for name, part in parts.items()
+        for label, layer in part.shared_layers().items()
+    }
 
 
 def _head(init: str, bound: float) -> tuple[float | None, float | None]:

@@ -136,7 +136,7 @@ class SoftModules(nn.Module):
         )
         module_sizes = [state_dim] + [module_width] * layers
         self.module_layers = nn.ModuleList(
-            EnsembleLinear(members * modules, 1, fan_in, module_width)
+            EnsembleLinear(members * modules, 1, fan_in, module_width, *_hidden(init, fan_in))
             for fan_in in module_sizes[:-1]
         )
         self.head = EnsembleLinear(members, 1, module_width, out_dim, *_head(init, head_bound))
@@ -259,7 +259,7 @@ class FiLM(nn.Module):
         )
         sizes = [state_dim] + [encoder_width] * (encoder_depth + 1)
         self.encoder = nn.ModuleList(
-            EnsembleLinear(members, 1, fan_in, fan_out)
+            EnsembleLinear(members, 1, fan_in, fan_out, *_hidden(init, fan_in))
             for fan_in, fan_out in itertools.pairwise(sizes)
         )
         self.main = EnsembleMLP(

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtrl.agents.networks import EnsembleLinear, EnsembleMLP, linear_grams, linear_grams_by_rows
+from mtrl.agents.networks import (
+    EnsembleLinear,
+    EnsembleMLP,
+    head_bounds,
+    hidden_bounds,
+    linear_grams,
+    linear_grams_by_rows,
+)
 
 
 class TaskTable(nn.Module):
@@ -77,7 +84,7 @@ class MOORE(nn.Module):
         )
         self.task_weights = TaskTable(members, num_tasks, experts, 1 / math.sqrt(num_tasks))
         self.head = EnsembleLinear(
-            members, num_tasks, hidden[-1], out_dim, *_head(init, head_bound)
+            members, num_tasks, hidden[-1], out_dim, *head_bounds(init, head_bound)
         )
 
     def forward(self, state: Tensor, task_onehot: Tensor, layout: str) -> Tensor:
@@ -136,10 +143,12 @@ class SoftModules(nn.Module):
         )
         module_sizes = [state_dim] + [module_width] * layers
         self.module_layers = nn.ModuleList(
-            EnsembleLinear(members * modules, 1, fan_in, module_width, *_hidden(init, fan_in))
+            EnsembleLinear(members * modules, 1, fan_in, module_width, *hidden_bounds(init, fan_in))
             for fan_in in module_sizes[:-1]
         )
-        self.head = EnsembleLinear(members, 1, module_width, out_dim, *_head(init, head_bound))
+        self.head = EnsembleLinear(
+            members, 1, module_width, out_dim, *head_bounds(init, head_bound)
+        )
 
     def forward(self, state: Tensor, task_onehot: Tensor, layout: str) -> Tensor:
         lead, members, modules = state.shape[:-1], self.members, self.modules_
@@ -259,7 +268,7 @@ class FiLM(nn.Module):
         )
         sizes = [state_dim] + [encoder_width] * (encoder_depth + 1)
         self.encoder = nn.ModuleList(
-            EnsembleLinear(members, 1, fan_in, fan_out, *_hidden(init, fan_in))
+            EnsembleLinear(members, 1, fan_in, fan_out, *hidden_bounds(init, fan_in))
             for fan_in, fan_out in itertools.pairwise(sizes)
         )
         self.main = EnsembleMLP(
@@ -380,7 +389,7 @@ class PaCo(nn.Module):
                 sets,
                 fan_in,
                 fan_out,
-                *(_head(init, head_bound) if index == last else _hidden(init, fan_in)),
+                *(head_bounds(init, head_bound) if index == last else hidden_bounds(init, fan_in)),
             )
             for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes))
         )
@@ -406,14 +415,6 @@ def prefixed(**parts: nn.Module) -> dict[str, nn.Module]:
         for name, part in parts.items()
         for label, layer in part.shared_layers().items()
     }
-
-
-def _head(init: str, bound: float) -> tuple[float | None, float | None]:
-    return (bound, bound) if init == "he" else (None, None)
-
-
-def _hidden(init: str, fan_in: int) -> tuple[float | None, float | None]:
-    return (math.sqrt(6 / fan_in), 0.0) if init == "he" else (None, None)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {

@@ -26,6 +26,18 @@ def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
+def hidden_bounds(init: str, fan_in: int) -> tuple[float | None, float | None]:
+    """The weight and bias bounds of a hidden layer under ``init`` (``None``: nn.Linear's)."""
+    if init == "he":
+        return math.sqrt(6 / fan_in), 0.0  # He (Kaiming) uniform for ReLU, zero biases
+    return None, None
+
+
+def head_bounds(init: str, bound: float) -> tuple[float | None, float | None]:
+    """The weight and bias bounds of an output layer under ``init`` (``None``: nn.Linear's)."""
+    return (bound, bound) if init == "he" else (None, None)
+
+
 def linear_grams(inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
     """Each member's Gram matrix ``[members, K, K]`` of an affine map's per-task gradients, from
     its grouped inputs ``[members, N, in]`` and output gradients ``[members, N, out]``, never
@@ -194,11 +206,7 @@ class EnsembleMLP(nn.Module):
         last = len(dims) - 2
 
         def bounds(index: int, fan_in: int) -> tuple[float | None, float | None]:
-            if init == "torch":
-                return None, None
-            if index == last:
-                return head_bound, head_bound
-            return math.sqrt(6 / fan_in), 0.0  # He (Kaiming) uniform for ReLU, zero biases
+            return head_bounds(init, head_bound) if index == last else hidden_bounds(init, fan_in)
 
         self.layers = nn.ModuleList(
             EnsembleLinear(

@@ -28,12 +28,12 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import subprocess
 import sys
 
 import torch
-from bench_update import make_model, median_update_ms
+from bench_update import make_model, median_update_ms, peak_update_mb
+from memory_long_run import resident_mb
 
 from mtrl.allocator import M_MMAP_THRESHOLD, retain_freed_memory
 
@@ -61,11 +61,6 @@ def build(tasks, width, method, way, device, batch_per_task, depth=3):
     )
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_resident_bytes() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -74,29 +69,22 @@ def peak_resident_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_update_bytes(model, repeats: int = 3) -> int:
-    """The largest peak memory of ``repeats`` updates above what was held before each."""
+def largest_update_mb(model, repeats: int = 3) -> float:
+    """The largest peak memory of ``repeats`` updates above what was held before each, in MB;
+    the first update, which allocates the optimizers' state, runs before them, not counted."""
+    if model.device.type == "cuda":
+        return max([peak_update_mb(model) for _ in range(repeats + 1)][1:])
     libc = ctypes.CDLL(None)
-    cuda = model.device.type == "cuda"
     peaks = []
-    for _ in range(repeats + 1):  # the first one allocates the optimizers' state: not counted
+    for _ in range(repeats + 1):
         batch = model.replay_buffer.sample_tasks(model.batch_size // model.policy.num_tasks)
         gc.collect()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        else:
-            libc.malloc_trim(0)
-            before = resident_bytes()
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # the peak resident memory starts again from now
+        libc.malloc_trim(0)
+        before = resident_mb()
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # the peak resident memory starts again from now
         model.update(batch)
-        if cuda:
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated() - before)
-        else:
-            peaks.append(peak_resident_bytes() - before)
+        peaks.append(peak_resident_bytes() / 1e6 - before)
         del batch
     return max(peaks[1:])
 
@@ -119,7 +107,7 @@ def measure_memory(args) -> None:
         args.device,
         args.batch_per_task,
     )
-    print(json.dumps({"bytes": peak_update_bytes(model)}))
+    print(json.dumps({"mb": largest_update_mb(model)}))
 
 
 def memory_in_own_process(args, tasks, width, method, way) -> float:
@@ -141,7 +129,7 @@ def memory_in_own_process(args, tasks, width, method, way) -> float:
         str(args.batch_per_task),
     ] + (["--threads", str(args.threads)] if args.threads else [])
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["bytes"] / 1e6
+    return json.loads(result.stdout.strip().splitlines()[-1])["mb"]
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import statistics
 import time
 
@@ -102,6 +103,7 @@ def median_update_ms(models: dict[str, MTSAC], repeats: int, warmup: int = 2) ->
 def peak_update_mb(model: MTSAC) -> float:
     """CUDA memory one update needs above what the model holds already, in MB."""
     batch = model.replay_buffer.sample_tasks(model.batch_size // model.policy.num_tasks)
+    gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     held = torch.cuda.memory_allocated()

@@ -349,8 +349,8 @@ class PaCoLinear(nn.Module):
     def _compositions(self) -> Tensor:
         return torch.bmm(self._mix, self._mix.transpose(1, 2))  # [M, K, K]
 
-    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
-        grams = linear_grams(inputs, output_grads, tasks, columns)
+    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple) -> Tensor:
+        grams = linear_grams(inputs, output_grads, tasks, tile)
         return (self._compositions() * grams).sum(dim=0)
 
     def task_gram_by_rows(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtrl.jacobian import member_grams
+from mtrl.jacobian import task_gram
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 INITS = ("torch", "he")
@@ -38,21 +38,30 @@ def head_bounds(init: str, bound: float) -> tuple[float | None, float | None]:
     return (bound, bound) if init == "he" else (None, None)
 
 
-def linear_grams(inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
+def linear_grams(inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple[int, int]) -> Tensor:
     """Each member's Gram matrix ``[members, K, K]`` of an affine map's per-task gradients, from
     its grouped inputs ``[members, N, in]`` and output gradients ``[members, N, out]``, never
-    holding all of them: the weight gradients are formed ``columns`` output columns at a time
-    (``[K, in, columns]`` per member), and the blocks' Gram matrices are summed."""
-    members, rows, fan_in = inputs.shape
+    holding all of them: the per-task weight gradients are formed a tile of ``tile = (rows,
+    columns)`` of the weight at a time (``[K, rows, columns]``), and the tiles' Gram matrices
+    are summed. The tiles take turns in one buffer, which stays in the cache and is never
+    handed back to the allocator between them."""
+    members, count, fan_in = inputs.shape
     fan_out = output_grads.shape[-1]
-    h = inputs.reshape(members * tasks, rows // tasks, fan_in).transpose(1, 2)
-    delta = output_grads.reshape(members * tasks, rows // tasks, fan_out)
-    bias = delta.sum(dim=1).view(members, tasks, fan_out)
+    h = inputs.reshape(members, tasks, count // tasks, fan_in).transpose(2, 3)
+    delta = output_grads.reshape(members, tasks, count // tasks, fan_out)
+    bias = delta.sum(dim=2)
     grams = torch.bmm(bias, bias.transpose(1, 2))
-    for start in range(0, fan_out, columns):
-        block = torch.bmm(h, delta[:, :, start : start + columns])  # [E·K, in, columns]
-        grams = grams + member_grams(block.view(members, tasks, fan_in, -1).transpose(0, 1))
-        del block  # before the next one is made: one block at a time
+    rows, columns = min(tile[0], fan_in), min(tile[1], fan_out)
+    buffer = inputs.new_empty(tasks * rows * columns)
+    for member in range(members):
+        for top in range(0, fan_in, rows):
+            for left in range(0, fan_out, columns):
+                block_h = h[member, :, top : top + rows]  # [K, rows, B]
+                block_delta = delta[member, :, :, left : left + columns]  # [K, B, columns]
+                size = (tasks, block_h.shape[1], block_delta.shape[2])
+                block = buffer[: math.prod(size)].view(size)
+                torch.bmm(block_h, block_delta, out=block)
+                grams[member] += task_gram(block)
     return grams
 
 
@@ -136,10 +145,10 @@ class EnsembleLinear(nn.Module):
             "bias": bias.transpose(0, 1).unsqueeze(2),
         }
 
-    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, columns: int) -> Tensor:
+    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple) -> Tensor:
         """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them
         (see :func:`linear_grams`)."""
-        return linear_grams(inputs, output_grads, tasks, columns).sum(dim=0)
+        return linear_grams(inputs, output_grads, tasks, tile).sum(dim=0)
 
     def task_gram_by_rows(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
         """The same ``J_l J_lᵀ`` from the products of rows (see :func:`linear_grams_by_rows`)."""

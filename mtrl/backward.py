@@ -7,7 +7,7 @@ of the shared parameters, and its update ``Jᵀ w`` is the gradient of ``Σ_k w_
    its inputs and output gradients with task k's rows together
    (:func:`mtrl.jacobian.grouped_pass`);
 2. each shared layer adds its Gram matrix: from its stored per-task gradients ``[K, *shape]``
-   where they are small, or a block of output columns at a time where they are not, so that
+   where they are small, or a tile of the weight at a time where they are not, so that
    no ``[K, P]`` tensor is ever held (torchjd's autogram computes the Gramian without the
    Jacobian too);
 3. the method turns ``G`` (and, for loss-based methods, the losses) into weights ``w``;
@@ -56,6 +56,12 @@ STORE_RATIO = 2.0
 # A Gram-first layer's Gram matrix comes from the products of its rows while that takes at most
 # this many times the multiply-adds of its per-task gradients, which run in short products.
 ROWS_RATIO = 2.0
+# A Gram-first layer's per-task gradients are formed a tile of the weight at a time: this many
+# output columns (products this wide run near full speed), and rows while the tile takes at most
+# TILE_RATIO times the memory of the layer's inputs and output gradients, which keeps it in the
+# cache and below glibc's mmap threshold at the sizes measured in docs/benchmarks.md.
+TILE_COLUMNS = 512
+TILE_RATIO = 0.5
 
 
 def finite(*tensors: Tensor) -> Tensor:
@@ -129,14 +135,16 @@ def by_rows(layer_inputs: Tensor, output_grads: Tensor) -> bool:
     return rows * (fan_in + fan_out) <= ROWS_RATIO * fan_in * fan_out
 
 
-def block_columns(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> int:
-    """How many output columns of a Gram-first layer's per-task gradients are formed at once:
-    blocks of half what :func:`stores` would store, about ``STORE_RATIO × B`` columns for a
-    square layer (a few large products are much faster than many small ones)."""
-    _, rows, fan_in = layer_inputs.shape
+def tile_shape(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> tuple[int, int]:
+    """The tile ``(rows, columns)`` of a Gram-first layer's weight whose per-task gradients are
+    formed at once: :data:`TILE_COLUMNS` columns and as many rows as take at most
+    :data:`TILE_RATIO` times the memory of the layer's inputs and output gradients (a member's).
+    """
+    _, count, fan_in = layer_inputs.shape
     fan_out = output_grads.shape[-1]
-    budget = STORE_RATIO * rows * (fan_in + fan_out) / 2
-    return max(1, min(fan_out, int(budget // (tasks * (fan_in + 1)))))
+    columns = min(fan_out, TILE_COLUMNS)
+    budget = TILE_RATIO * count * (fan_in + fan_out)
+    return max(1, min(fan_in, int(budget // (tasks * columns)))), columns
 
 
 class MultiTaskBackward:
@@ -333,8 +341,7 @@ class MultiTaskBackward:
     def _gram_first(layer: nn.Module, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
         if by_rows(inputs, output_grads):
             return layer.task_gram_by_rows(inputs, output_grads, tasks)
-        columns = block_columns(inputs, output_grads, tasks)
-        return layer.task_gram(inputs, output_grads, tasks, columns)
+        return layer.task_gram(inputs, output_grads, tasks, tile_shape(inputs, output_grads, tasks))
 
     # -- shared pieces ------------------------------------------------------------------------
 

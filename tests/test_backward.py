@@ -178,7 +178,7 @@ def test_a_layer_gram_from_blocks_or_from_rows_is_that_of_its_per_task_gradients
     fan_in, fan_out, rows_cheaper
 ):
     from mtrl.agents.networks import EnsembleLinear
-    from mtrl.backward import block_columns, by_rows
+    from mtrl.backward import by_rows, tile_shape
     from mtrl.jacobian import task_gram
 
     torch.manual_seed(0)
@@ -188,8 +188,9 @@ def test_a_layer_gram_from_blocks_or_from_rows_is_that_of_its_per_task_gradients
     stored = layer.per_task_gradients(inputs, output_grads, tasks)
     expected = sum(task_gram(g) for g in stored.values())
     assert by_rows(inputs, output_grads) == rows_cheaper
-    for columns in (1, 5, block_columns(inputs, output_grads, tasks), fan_out):
-        got = layer.task_gram(inputs, output_grads, tasks, columns)
+    tiles = [(1, 1), (5, 3), (fan_in, 5), (3, fan_out), tile_shape(inputs, output_grads, tasks)]
+    for tile in tiles:
+        got = layer.task_gram(inputs, output_grads, tasks, tile)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)
     got = layer.task_gram_by_rows(inputs, output_grads, tasks)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)

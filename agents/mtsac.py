@@ -11,8 +11,6 @@ log-α per task, target entropy −|A|.
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,18 +22,13 @@ from torch import Tensor
 from torch.func import functional_call
 
 from mtrl.agents import saving
+from mtrl.agents.logs import TrainingLogs
 from mtrl.agents.networks import Actor, Critic
+from mtrl.agents.overlap import OverlappedUpdates
 from mtrl.agents.policies import MTSACPolicy
 from mtrl.aggregators import make_aggregator
-from mtrl.backward import (
-    GRADIENT_MODES,
-    MultiTaskBackward,
-    StepResult,
-    finite,
-    step_if_finite,
-)
-from mtrl.capture import CapturedUpdate, check_capturable
-from mtrl.checkpoint import load_state, save_atomic
+from mtrl.backward import GRADIENT_MODES, MultiTaskBackward, StepResult, finite, step_if_finite
+from mtrl.capture import capture_update
 from mtrl.conflict import ConflictRecorder
 from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans
@@ -67,7 +60,7 @@ def actor_task_loss(params, obs, noise, alpha, actor: Actor, critic: Critic, cri
     return loss, (loss, log_prob.mean(dim=-1))
 
 
-class MTSAC(OffPolicyAlgorithm):
+class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgorithm):
     """Multi-task SAC on a vector env with one sub-environment per task.
 
     Observations must end with a one-hot task id (Meta-World's ``use_one_hot``), and sub-env k
@@ -87,31 +80,21 @@ class MTSAC(OffPolicyAlgorithm):
             MT50 gets as many per task as MT10.
         initial_alpha: starting temperature of every task.
         target_entropy: ``"auto"`` for −|A|.
-        per_task_gradients: how per-task gradients are had, one of
-            :data:`mtrl.backward.GRADIENT_MODES`: ``"auto"`` (the default: each shared layer's
-            stored where small, Gram-first where not), ``"grouped"`` (all stored), ``"gram"``
-            (all Gram-first: no ``[K, P]`` tensor is ever held), ``"vmap"``, ``"loop"`` (K
-            backward passes, a reference), or ``"none"`` (one backward pass of the weighted
-            losses, for methods that need no Gram matrix: ``mean`` is then plain multi-task
-            SAC, without conflict logging). Loss-based methods (``famo``) never compute
-            per-task gradients.
-        gram_update: how Gram-first layers form the update, ``"products"`` (one product of the
-            inputs and the weighted output gradients) or ``"backward"`` (a second backward pass
-            of ``Σ_k w_k L_k``).
-        recon_threshold: S of Recon's per-layer conflict scores (``recon/...`` in TensorBoard):
-            a task pair conflicts on a layer when its cosine there is below S.
-        compile: on CUDA, capture the whole update (critic, actor, temperatures, target) as one
-            CUDA graph and compile the method's K×K computation (:mod:`mtrl.capture`); on the
-            CPU, compile the K×K computation, a long chain of tiny kernels for the
-            solver-based methods (CAGrad, MGDA, Nash-MTL, ...).
+        per_task_gradients: how per-task gradients are had (:data:`mtrl.backward.GRADIENT_MODES`):
+            ``"auto"`` stores each shared layer's where small and forms the rest Gram-first,
+            never holding a ``[K, P]`` tensor; ``"none"`` is one backward pass of the weighted
+            losses (``mean`` is then plain multi-task SAC, without conflict logging).
+        gram_update: how Gram-first layers form the update, ``"products"`` or ``"backward"``
+            (a second backward pass of ``Σ_k w_k L_k``).
+        recon_threshold: S of Recon's per-layer conflict scores (``recon/...`` in TensorBoard).
+        compile: on CUDA, capture the whole update as one CUDA graph (:mod:`mtrl.capture`); on
+            both, compile the method's K×K computation.
         max_grad_norm: clip each network's combined update to this global norm (``None``: no
             clipping), 1.0 as in the JAX recipes.
         max_q_value: clip the critics' TD targets to ``[−max_q_value, max_q_value]`` (``None``:
             no clipping, as the JAX recipes; their PaCo runs use 5000).
-        overlap_updates: run each step's updates while the environments simulate the next step
-            (``None``: when they step in worker processes, an async env). The acting policy then
-            lags one update behind: the action of step t+1 comes from the policy before the
-            updates asked for after step t, which see the same data as without the overlap.
+        overlap_updates: run each step's updates while the environments simulate the next
+            step (:mod:`mtrl.agents.overlap`; ``None``: when they step in worker processes).
         Other arguments are those of SB3's off-policy algorithms.
     """
 
@@ -190,15 +173,7 @@ class MTSAC(OffPolicyAlgorithm):
         self.requested_batch_size = batch_size
         if learning_starts is None:
             self.learning_starts = WARMUP_VECTOR_STEPS * self.n_envs
-        if overlap_updates is None:
-            overlap_updates = bool(getattr(self.env, "steps_in_workers", False))
-        elif overlap_updates and self.env is not None and not hasattr(self.env, "during_step"):
-            raise ValueError(
-                "overlap_updates=True needs an env that runs work while it steps "
-                f"(mtrl.envs.MetaWorldVecEnv), got {type(self.env).__name__}"
-            )
-        self.overlap_updates = overlap_updates
-        self.pending_updates = 0  # asked for by SB3, to run during the next step (overlap)
+        self._setup_overlap(overlap_updates)
         self.task_names: list[str] = []
         if env is not None:
             self._bind_tasks()
@@ -238,16 +213,9 @@ class MTSAC(OffPolicyAlgorithm):
         methods = [self._method(network) for network in (self.critic, self.actor)]
         # Loss-based methods (FAMO) take one backward pass per network: no per-task gradients.
         mode = "none" if methods[0].loss_based else self.per_task_gradients
+        settings = (mode, self.gram_update, self.compile, self.max_grad_norm)
         self.critic_step, self.actor_step = (
-            MultiTaskBackward(
-                network,
-                network.optimizer,
-                method,
-                mode,
-                self.gram_update,
-                self.compile,
-                self.max_grad_norm,
-            )
+            MultiTaskBackward(network, network.optimizer, method, *settings)
             for network, method in zip((self.critic, self.actor), methods, strict=True)
         )
         self.critic_conflicts, self.actor_conflicts = (
@@ -257,25 +225,12 @@ class MTSAC(OffPolicyAlgorithm):
             for name, step in (("critic", self.critic_step), ("actor", self.actor_step))
         )
         self.stats = DeviceMeans(self.device)  # the train/ scalars, read when logging
-        self.captured = self._capture() if self.compile and self.device.type == "cuda" else None
+        self.captured = (
+            capture_update(self) if self.compile and self.device.type == "cuda" else None
+        )
         # Plain data that callbacks keep across a resume (best evaluation so far, benchmark).
         self.run_state: dict[str, Any] = {}
         self.stop_requested = False
-        self._last_dump = (time.perf_counter(), 0, 0)
-
-    def _capture(self) -> CapturedUpdate:
-        """The update as a CUDA graph (:mod:`mtrl.capture`), with optimizers that keep their
-        step counts on the device."""
-        check_capturable(self.aggregator_name)
-        for optimizer in (self.actor.optimizer, self.critic.optimizer, self.alpha_optimizer):
-            if isinstance(optimizer, torch.optim.Adam):
-                for group in optimizer.param_groups:
-                    group["capturable"] = True
-                optimizer.defaults["capturable"] = True
-        steps = (self.critic_step, self.actor_step)
-        return CapturedUpdate(
-            self.gradient_step, lambda: [g for s in steps for g in s.aggregator.generators()]
-        )
 
     def _method(self, network: Actor | Critic):
         """Each network's own method (stateful methods keep one state per network). Methods
@@ -287,19 +242,6 @@ class MTSAC(OffPolicyAlgorithm):
         return method
 
     # -- the update ---------------------------------------------------------------------------
-
-    def train(self, gradient_steps: int, batch_size: int) -> None:
-        if self.overlap_updates:
-            self.pending_updates += gradient_steps  # run while the next step is simulated
-            return
-        self._train(gradient_steps, batch_size)
-
-    def _run_pending_updates(self) -> None:
-        """The updates asked for after the last step (the env's :attr:`during_step`)."""
-        steps, self.pending_updates = self.pending_updates, 0
-        if steps:
-            self._train(steps, self.batch_size)
-            self.policy.set_training_mode(False)  # the policy acts next
 
     def _train(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
@@ -377,48 +319,6 @@ class MTSAC(OffPolicyAlgorithm):
             return RolloutReturn(0, 0, continue_training=False)
         return super().collect_rollouts(env, callback, *args, **kwargs)
 
-    # -- logging ------------------------------------------------------------------------------
-
-    def learn(
-        self,
-        total_timesteps: int,
-        callback: Any = None,
-        log_interval: int | None = None,
-        tb_log_name: str = "MTSAC",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> MTSAC:
-        """SB3's ``learn``; logs are written once per round of episodes by default."""
-        if self.overlap_updates:
-            self.env.during_step = self._run_pending_updates
-        interval = log_interval or self.n_envs
-        return super().learn(
-            total_timesteps, callback, interval, tb_log_name, reset_num_timesteps, progress_bar
-        )
-
-    def dump_logs(self) -> None:
-        means = self.stats.pop() | self.critic_conflicts.means() | self.actor_conflicts.means()
-        for key, value in (means | self._skip_counts()).items():
-            self.logger.record(key, value)
-        now, steps, updates = time.perf_counter(), self.num_timesteps, self._n_updates
-        last_time, last_steps, last_updates = self._last_dump
-        elapsed = max(now - last_time, 1e-9)
-        if steps > last_steps:
-            self.logger.record("time/env_steps_per_s", (steps - last_steps) / elapsed)
-            self.logger.record("time/updates_per_s", (updates - last_updates) / elapsed)
-        self._last_dump = (now, steps, updates)
-        super().dump_logs()
-
-    def _skip_counts(self) -> dict[str, int]:
-        return {f"train/skipped_updates/{n}": c for n, c in self.skipped_updates.items()}
-
-    def record_pairwise_conflicts(self) -> None:
-        """Log the mean cosine of every task pair since the last call, as ``grad/<net>/cos/a/b``
-        (the evaluation callback does, at every evaluation)."""
-        for recorder in (self.critic_conflicts, self.actor_conflicts):
-            for key, value in recorder.pairwise_means().items():
-                self.logger.record(key, value)
-
     # -- saving and loading -------------------------------------------------------------------
 
     def parts(self) -> dict[str, Any]:
@@ -433,33 +333,3 @@ class MTSAC(OffPolicyAlgorithm):
             "critic_conflicts": self.critic_conflicts,
             "actor_conflicts": self.actor_conflicts,
         }
-
-    def checkpoint_state(self, include_replay_buffer: bool = True) -> dict[str, Any]:
-        """Everything needed to continue training exactly where it stopped, as plain data (see
-        :func:`mtrl.agents.saving.checkpoint_state`)."""
-        return saving.checkpoint_state(self, include_replay_buffer)
-
-    def save(self, path: str | Path, include_replay_buffer: bool = False) -> Path:  # type: ignore[override]
-        """Write the model atomically; with the replay buffer, the file is a full checkpoint."""
-        return save_atomic(self.checkpoint_state(include_replay_buffer), path)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls, path: str | Path, env: Any = None, device: torch.device | str = "auto", **_: Any
-    ) -> MTSAC:
-        """Rebuild a model saved by :meth:`save`; with ``env`` it is ready to continue training.
-
-        The file is read with ``weights_only=True``: nothing in it is executed.
-        """
-        return cls.from_state(load_state(path), env, device, source=str(path))
-
-    @classmethod
-    def from_state(
-        cls,
-        state: dict[str, Any],
-        env: Any = None,
-        device: torch.device | str = "auto",
-        source: str = "the checkpoint",
-    ) -> MTSAC:
-        """Rebuild a model from a state read with :func:`mtrl.checkpoint.load_state`."""
-        return saving.from_state(cls, state, env, device, source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import inspect
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from gymnasium import spaces
 
 import mtrl
-from mtrl.checkpoint import CheckpointError
+from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 
 FORMAT = "mtrl.MTSAC"
 VERSION = 3
@@ -156,6 +157,38 @@ def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
     state["statistics"] = _empty_means()
     state["format_version"] = VERSION
     return state
+
+
+class Checkpointing:
+    """``save``, ``load`` and the states behind them, for MTSAC (which declares its parts)."""
+
+    def checkpoint_state(self, include_replay_buffer: bool = True) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stopped, as plain data (see
+        :func:`checkpoint_state`)."""
+        return checkpoint_state(self, include_replay_buffer)
+
+    def save(self, path: str | Path, include_replay_buffer: bool = False) -> Path:
+        """Write the model atomically; with the replay buffer, the file is a full checkpoint."""
+        return save_atomic(self.checkpoint_state(include_replay_buffer), path)
+
+    @classmethod
+    def load(cls, path: str | Path, env: Any = None, device: Any = "auto", **_: Any) -> Any:
+        """Rebuild a model saved by :meth:`save`; with ``env`` it is ready to continue training.
+
+        The file is read with ``weights_only=True``: nothing in it is executed.
+        """
+        return cls.from_state(load_state(path), env, device, source=str(path))
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        env: Any = None,
+        device: Any = "auto",
+        source: str = "the checkpoint",
+    ) -> Any:
+        """Rebuild a model from a state read with :func:`mtrl.checkpoint.load_state`."""
+        return from_state(cls, state, env, device, source)
 
 
 def checkpoint_state(model: Any, full: bool = True) -> dict[str, Any]:

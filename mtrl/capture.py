@@ -44,6 +44,21 @@ def check_capturable(method: str) -> None:
         )
 
 
+def capture_update(model: Any) -> CapturedUpdate:
+    """An MTSAC's ``gradient_step`` as a :class:`CapturedUpdate`, with optimizers that keep
+    their step counts on the device."""
+    check_capturable(model.aggregator_name)
+    for optimizer in (model.actor.optimizer, model.critic.optimizer, model.alpha_optimizer):
+        if isinstance(optimizer, torch.optim.Adam):
+            for group in optimizer.param_groups:
+                group["capturable"] = True
+            optimizer.defaults["capturable"] = True
+    steps = (model.critic_step, model.actor_step)
+    return CapturedUpdate(
+        model.gradient_step, lambda: [g for s in steps for g in s.aggregator.generators()]
+    )
+
+
 class CapturedUpdate:
     """``step(batch) -> outputs``, eager for the first :data:`EAGER_UPDATES` calls, then
     recorded once as a CUDA graph and replayed; ``generators`` are the device generators the

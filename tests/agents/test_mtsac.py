@@ -1,11 +1,15 @@
 """MTSAC on a tiny multi-task environment: the update rule, its guards, saving and resuming."""
 
 import copy
+import itertools
+import types
 
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.logger import KVWriter, Logger
 
+from mtrl.agents import logs
 from mtrl.agents.mtsac import MTSAC, actor_task_loss, critic_task_loss
 from mtrl.aggregators import available
 from mtrl.checkpoint import CheckpointError
@@ -249,6 +253,31 @@ def test_resume_continues_where_training_stopped(tmp_path):
     )
     resumed.learn(60, reset_num_timesteps=False)
     assert resumed.num_timesteps == 300
+
+
+class Records(KVWriter):
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict]] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        self.rows.append((step, dict(key_values)))
+
+
+def test_a_resumed_run_logs_the_rate_of_its_own_steps(tmp_path, monkeypatch):
+    model = make_model()
+    model.learn(240)
+    resumed = MTSAC.load(
+        model.save(tmp_path / "c.pt", include_replay_buffer=True), point_tasks(TASKS)
+    )
+    records = Records()
+    resumed.set_logger(Logger(folder=None, output_formats=[records]))
+    clock = itertools.count()  # one second between two readings
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    resumed.learn(120, reset_num_timesteps=False)
+    step, first = records.rows[0]
+    # the steps since the resume, not since step 0, over the time since learn() began
+    assert step > 240
+    assert first["time/env_steps_per_s"] == step - 240
 
 
 def test_truncated_checkpoint_is_refused_clearly(trained, tmp_path):

@@ -349,7 +349,9 @@ class PaCoLinear(nn.Module):
     def _compositions(self) -> Tensor:
         return torch.bmm(self._mix, self._mix.transpose(1, 2))  # [M, K, K]
 
-    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple) -> Tensor:
+    def task_gram(
+        self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple[int, int]
+    ) -> Tensor:
         grams = linear_grams(inputs, output_grads, tasks, tile)
         return (self._compositions() * grams).sum(dim=0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,30 +38,37 @@ def head_bounds(init: str, bound: float) -> tuple[float | None, float | None]:
     return (bound, bound) if init == "he" else (None, None)
 
 
+def per_task_tiles(h: Tensor, delta: Tensor, tile: tuple[int, int]) -> Iterator[Tensor]:
+    """The per-task weight gradients ``h_kᵀδ_k`` of one affine map, from ``h`` ``[K, in, B]`` and
+    ``delta`` ``[K, B, out]``, a tile of ``tile = (rows, columns)`` of the weight at a time:
+    ``[K, rows, columns]``, each in the same buffer, valid until the next one. The buffer stays
+    in the cache and is never handed back to the allocator between tiles."""
+    tasks, fan_in, fan_out = h.shape[0], h.shape[1], delta.shape[2]
+    rows, columns = min(tile[0], fan_in), min(tile[1], fan_out)
+    buffer = h.new_empty(tasks * rows * columns)
+    for top in range(0, fan_in, rows):
+        for left in range(0, fan_out, columns):
+            block_h = h[:, top : top + rows]  # [K, rows, B]
+            block_delta = delta[:, :, left : left + columns]  # [K, B, columns]
+            size = (tasks, block_h.shape[1], block_delta.shape[2])
+            block = buffer[: math.prod(size)].view(size)
+            yield torch.bmm(block_h, block_delta, out=block)
+
+
 def linear_grams(inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple[int, int]) -> Tensor:
     """Each member's Gram matrix ``[members, K, K]`` of an affine map's per-task gradients, from
     its grouped inputs ``[members, N, in]`` and output gradients ``[members, N, out]``, never
-    holding all of them: the per-task weight gradients are formed a tile of ``tile = (rows,
-    columns)`` of the weight at a time (``[K, rows, columns]``), and the tiles' Gram matrices
-    are summed. The tiles take turns in one buffer, which stays in the cache and is never
-    handed back to the allocator between them."""
+    holding all of them: the per-task weight gradients are formed a tile at a time
+    (:func:`per_task_tiles`), and the tiles' Gram matrices are summed."""
     members, count, fan_in = inputs.shape
     fan_out = output_grads.shape[-1]
     h = inputs.reshape(members, tasks, count // tasks, fan_in).transpose(2, 3)
     delta = output_grads.reshape(members, tasks, count // tasks, fan_out)
     bias = delta.sum(dim=2)
     grams = torch.bmm(bias, bias.transpose(1, 2))
-    rows, columns = min(tile[0], fan_in), min(tile[1], fan_out)
-    buffer = inputs.new_empty(tasks * rows * columns)
     for member in range(members):
-        for top in range(0, fan_in, rows):
-            for left in range(0, fan_out, columns):
-                block_h = h[member, :, top : top + rows]  # [K, rows, B]
-                block_delta = delta[member, :, :, left : left + columns]  # [K, B, columns]
-                size = (tasks, block_h.shape[1], block_delta.shape[2])
-                block = buffer[: math.prod(size)].view(size)
-                torch.bmm(block_h, block_delta, out=block)
-                grams[member] += task_gram(block)
+        for block in per_task_tiles(h[member], delta[member], tile):
+            grams[member] += task_gram(block)
     return grams
 
 
@@ -145,7 +152,9 @@ class EnsembleLinear(nn.Module):
             "bias": bias.transpose(0, 1).unsqueeze(2),
         }
 
-    def task_gram(self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple) -> Tensor:
+    def task_gram(
+        self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple[int, int]
+    ) -> Tensor:
         """``J_l J_lᵀ`` of this shared layer's per-task gradients, never holding all of them
         (see :func:`linear_grams`)."""
         return linear_grams(inputs, output_grads, tasks, tile).sum(dim=0)

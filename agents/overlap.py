@@ -23,7 +23,7 @@ class OverlappedUpdates:
 
     def _setup_overlap(self, overlap_updates: bool | None) -> None:
         """``None``: overlap when the env steps in worker processes."""
-        env = getattr(self, "env", None)
+        env = self.env
         if overlap_updates is None:
             overlap_updates = bool(getattr(env, "steps_in_workers", False))
         elif overlap_updates and env is not None and not hasattr(env, "during_step"):

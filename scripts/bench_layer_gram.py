@@ -6,8 +6,9 @@ alternating turns:
 
 - plain: the weight gradient ``hᵀδ`` of the summed loss, one product over all N = K·B rows
   (what the plain update forms, and what Gram-first forms again, weighted, for the update);
-- products: the K per-task gradients ``h_kᵀδ_k`` a tile at a time, into the reused buffer, no
-  Gram (as many multiply-adds as plain, in products only B long);
+- products: the K per-task gradients ``h_kᵀδ_k`` a tile at a time
+  (:func:`mtrl.agents.networks.per_task_tiles`), no Gram (as many multiply-adds as plain, in
+  products only B long);
 - tiles: the products and each tile's Gram matrix, as training forms them
   (:func:`mtrl.agents.networks.linear_grams` with :func:`mtrl.backward.tile_shape`);
 - fresh blocks: the same from blocks of whole output columns, each a new tensor, as the first
@@ -28,21 +29,15 @@ import time
 import torch
 from torch import Tensor
 
-from mtrl.agents.networks import linear_grams, linear_grams_by_rows
+from mtrl.agents.networks import linear_grams, linear_grams_by_rows, per_task_tiles
 from mtrl.allocator import retain_freed_memory
 from mtrl.backward import tile_shape
 from mtrl.jacobian import task_gram
 
 
 def products_only(h: Tensor, delta: Tensor, tile: tuple[int, int]) -> None:
-    tasks, fan_in, fan_out = h.shape[0], h.shape[1], delta.shape[2]
-    rows, columns = min(tile[0], fan_in), min(tile[1], fan_out)
-    buffer = h.new_empty(tasks * rows * columns)
-    for top in range(0, fan_in, rows):
-        for left in range(0, fan_out, columns):
-            block_h, block_delta = h[:, top : top + rows], delta[:, :, left : left + columns]
-            size = (tasks, block_h.shape[1], block_delta.shape[2])
-            torch.bmm(block_h, block_delta, out=buffer[: size[0] * size[1] * size[2]].view(size))
+    for _ in per_task_tiles(h, delta, tile):
+        pass
 
 
 def fresh_blocks(h: Tensor, delta: Tensor, columns: int) -> Tensor:

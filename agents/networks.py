@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtrl.jacobian import task_gram
+from mtrl.plugins import network_class, network_options
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 INITS = ("torch", "he")
@@ -179,6 +180,48 @@ class EnsembleLinear(nn.Module):
         }
 
 
+class EnsembleBias(nn.Module):
+    """A vector added to every row, one per ensemble member, shared by all tasks: the bias of a
+    dense layer whose weight rows are the tasks' own (a dense layer on the one-hot task id). It
+    forms per-task gradients as :class:`EnsembleLinear`'s bias does.
+
+    ``bias`` is ``[members, 1, width]``, drawn U(±``bound``) (0: zeros); inputs are
+    ``[members, N, width]``.
+    """
+
+    def __init__(self, members: int, width: int, bound: float = 0.0) -> None:
+        super().__init__()
+        self.bias = _uniform((members, 1, width), bound)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.bias
+
+    @staticmethod
+    def _task_sums(output_grads: Tensor, tasks: int) -> Tensor:
+        """Each task's gradient ``[members, K, width]``: its rows' output gradients summed."""
+        members, rows, width = output_grads.shape
+        return output_grads.reshape(members, tasks, rows // tasks, width).sum(dim=2)
+
+    def per_task_gradients(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> dict:
+        sums = self._task_sums(output_grads, tasks)
+        return {"bias": sums.transpose(0, 1).unsqueeze(2)}  # [K, members, 1, width]
+
+    def task_gram(
+        self, inputs: Tensor, output_grads: Tensor, tasks: int, tile: tuple[int, int]
+    ) -> Tensor:
+        sums = self._task_sums(output_grads, tasks)
+        return torch.bmm(sums, sums.transpose(1, 2)).sum(dim=0)
+
+    def task_gram_by_rows(self, inputs: Tensor, output_grads: Tensor, tasks: int) -> Tensor:
+        return self.task_gram(inputs, output_grads, tasks, (1, 1))
+
+    def combined_gradients(self, inputs: Tensor, output_grads: Tensor, row_weights: Tensor):
+        """The gradient of ``Σ_k w_k L_k``: each row's output gradient weighted by its task's
+        ``w_k`` (``row_weights``, one per row), summed."""
+        weighted = output_grads * row_weights[:, None]
+        return {"bias": weighted.sum(dim=1, keepdim=True)}
+
+
 class EnsembleMLP(nn.Module):
     """``members`` ReLU MLPs of the same shape, evaluated with one batched product per layer.
 
@@ -189,7 +232,10 @@ class EnsembleMLP(nn.Module):
 
     ``init="torch"`` draws every layer as ``nn.Linear`` does (U(±1/√fan_in)); ``"he"``, as the
     JAX Meta-World+ and parameter-scaling code do, draws hidden weights He-uniform
-    (U(±√(6/fan_in))), hidden biases zero and the output layer U(±``head_bound``).
+    (U(±√(6/fan_in))), hidden biases zero and the output layer U(±``head_bound``). With
+    ``head_bound=None`` the output layer is drawn as the hidden ones: the sub-networks inside an
+    architecture (encoders, experts, trunks) end that way in the reference code, since their
+    outputs feed further layers rather than an action or a Q-value.
 
     ``forward`` takes one of three batch layouts: ``"mixed"`` samples of any tasks (each picks
     its own copy of a task-specific layer); ``"single"`` samples all of one task, as in the
@@ -208,7 +254,7 @@ class EnsembleMLP(nn.Module):
         num_tasks: int = 1,
         task_layers: Iterable[int] = (),
         init: str = "torch",
-        head_bound: float = 1e-3,
+        head_bound: float | None = 1e-3,
     ) -> None:
         super().__init__()
         if init not in INITS:
@@ -224,7 +270,9 @@ class EnsembleMLP(nn.Module):
         last = len(dims) - 2
 
         def bounds(index: int, fan_in: int) -> tuple[float | None, float | None]:
-            return head_bounds(init, head_bound) if index == last else hidden_bounds(init, fan_in)
+            if index == last and head_bound is not None:
+                return head_bounds(init, head_bound)
+            return hidden_bounds(init, fan_in)
 
         self.layers = nn.ModuleList(
             EnsembleLinear(
@@ -282,9 +330,11 @@ def _body(
     task_layers,
     init,
     head_bound,
+    role,
 ) -> nn.Module:
-    """The network of an actor or a critic: the plain (multi-head) MLP on the whole input, or
-    one of :mod:`mtrl.agents.architectures` on the state and the task id apart."""
+    """The network of an actor or a critic (``role``): the plain (multi-head) MLP on the whole
+    input, or one of :mod:`mtrl.agents.architectures` on the state and the task id apart (told
+    its role if it takes a ``role`` option, as BroNet does)."""
     if network in ("mlp", "multi-head"):
         heads = [len(hidden)] if network == "multi-head" else []
         body = EnsembleMLP(
@@ -303,6 +353,10 @@ def _body(
 
     if list(task_layers):
         raise ValueError(f"task-specific layers (Recon's) need network=mlp, not {network!r}")
+    options = dict(options or {})
+    kind = network_class(network) if isinstance(network, str) else network
+    if "role" in network_options(kind):
+        options["role"] = role
     body = architectures.build(
         network,
         state_dim,
@@ -312,7 +366,7 @@ def _body(
         hidden=hidden,
         init=init,
         head_bound=head_bound,
-        **(options or {}),
+        **options,
     )
     body.modular = True
     return body
@@ -388,6 +442,7 @@ class Actor(MultiTaskNetwork):
             task_layers=task_layers,
             init=init,
             head_bound=1e-3,
+            role="actor",
         )
 
     def distribution(self, obs: Tensor, layout: str = "mixed") -> tuple[Tensor, Tensor]:
@@ -419,7 +474,8 @@ class Actor(MultiTaskNetwork):
 
 
 class Critic(MultiTaskNetwork):
-    """``n_critics`` Q-functions evaluated as one ensemble: ``Q(s, a)`` of shape ``[n, ...]``."""
+    """``n_critics`` Q-functions evaluated as one ensemble: ``Q(s, a)`` of shape ``[n, ...]``, or
+    with ``outputs`` > 1 (a categorical critic's atoms) their logits ``[n, ..., outputs]``."""
 
     def __init__(
         self,
@@ -433,22 +489,25 @@ class Critic(MultiTaskNetwork):
         init: str = "torch",
         network: str = "mlp",
         network_options: dict | None = None,
+        outputs: int = 1,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
+        self.outputs = outputs
         inputs = obs_dim + action_dim
         self.net = _body(
             network,
             network_options,
             inputs,
             inputs - num_tasks,
-            1,
+            outputs,
             hidden,
             members=n_critics,
             num_tasks=num_tasks,
             task_layers=task_layers,
             init=init,
             head_bound=3e-3,
+            role="critic",
         )
 
     def forward(self, obs: Tensor, action: Tensor, layout: str = "mixed") -> Tensor:
@@ -457,7 +516,8 @@ class Critic(MultiTaskNetwork):
             inputs = torch.cat([obs[..., : -self.num_tasks], action], dim=-1)
         else:  # the observation (the task id last) and the action, as multi-task SAC has it
             inputs = torch.cat([obs, action], dim=-1)
-        return self.net(inputs, onehot, layout)[..., 0]
+        out = self.net(inputs, onehot, layout)
+        return out[..., 0] if self.outputs == 1 else out
 
     def shared_layers(self) -> dict[str, nn.Module]:
         return self.net.shared_layers()

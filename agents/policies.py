@@ -32,6 +32,7 @@ class MTSACPolicy(BasePolicy):
         optimizer: ``"adam"``, or ``"adatask"`` for Adam moments kept per task on the shared
             parameters (:class:`mtrl.optim.AdaTask`).
         adam_eps: Adam's ε (the JAX Meta-World+ and parameter-scaling code use 1e-5).
+        critic_outputs: each critic's outputs: 1 (a Q-value), or a categorical critic's atoms.
         log_std_bounds: range of the actor's log standard deviation.
         log_std_bounding: ``"tanh"`` or ``"clamp"`` onto that range (see
             :class:`mtrl.agents.networks.Actor`).
@@ -65,6 +66,7 @@ class MTSACPolicy(BasePolicy):
         network_options: dict[str, Any] | None = None,
         optimizer: str = "adam",
         adam_eps: float = 1e-5,
+        critic_outputs: int = 1,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -113,7 +115,12 @@ class MTSACPolicy(BasePolicy):
             init=init,
             network=self.network,
             network_options=self.network_options,
+            outputs=critic_outputs,
         )
+        self.critic_outputs = critic_outputs
+        read_embedding = getattr(self.actor.net, "read_embedding", None)
+        if read_embedding is not None:  # an actor that reads the online critic's task embedding
+            read_embedding(self.critic.net)
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
         self.critic_target.train(False)
@@ -146,6 +153,7 @@ class MTSACPolicy(BasePolicy):
             network_options=self.network_options,
             optimizer=self.optimizer_name,
             adam_eps=self.adam_eps,
+            critic_outputs=self.critic_outputs,
         )
         return data
 

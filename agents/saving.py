@@ -5,6 +5,8 @@ task names, then the state of each part of the agent by name (:meth:`MTSAC.check
 declares which). Format 1 kept the networks' optimizers, methods and skip counts in separate
 dicts keyed by network, and formats 1 and 2 kept only the policy settings that were given
 (defaults have changed since); :func:`migrate` brings both to the current layout and meaning.
+Format 4 builds the architectures as their reference code does: formats up to 3 of networks
+whose parameters changed shape are refused, FiLM's are rewritten to mean what they meant.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import mtrl
 from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 
 FORMAT = "mtrl.MTSAC"
-VERSION = 3
+VERSION = 4
 # Settings that formats 1 and 2 kept only when they were given, with the values they then had.
 EARLIER_POLICY_VALUES = {"log_std_bounding": "tanh", "init": "torch", "adam_eps": 1e-8}
 EARLIER_HYPERPARAMETERS = {
@@ -31,6 +33,22 @@ EARLIER_HYPERPARAMETERS = {
     "max_q_value": None,
     "gram_update": "products",
     "overlap_updates": False,
+    # Before these existed: targets alone clipped, one learning rate, unweighted task losses.
+    "clip_q_predictions": False,
+    "alpha_learning_rate": None,
+    "task_loss_weights": "none",
+}
+
+# What format 4 changed in each architecture whose parameters no longer fit (the defaults,
+# encoder_width = embedding_width = 50, leave CARE's and FiLM's shapes as they were).
+RESHAPED = {
+    "soft-modules": (
+        "its modules now read a 400-wide state trunk's output, the routing gates multiply "
+        "(W_d relu(e * W_u p)) and the task embedding has a shared bias"
+    ),
+    "paco": "its task compositions now have a shared bias",
+    "care": "its state encoders now output embedding_width values, not encoder_width",
+    "film": "its state encoder now outputs embedding_width values, not encoder_width",
 }
 
 
@@ -110,7 +128,7 @@ def _empty_means() -> dict[str, Any]:
 
 def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
     """``state`` in the current layout; refuses what is not an MTSAC checkpoint of a known
-    version, saying why."""
+    version, or whose network's weights no longer fit, saying why."""
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{source} is not an MTSAC checkpoint")
     version = state.get("format_version", 1)
@@ -122,15 +140,33 @@ def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
     if version == VERSION:
         return state
     state = dict(state)
-    hyperparameters = EARLIER_HYPERPARAMETERS | dict(state["hyperparameters"])
+    network, options = _network(state)
+    _refuse_reshaped(network, options, state, source, version)
+    # a setting the checkpoint lacks came later: its runs had the value of before
+    state["hyperparameters"] = EARLIER_HYPERPARAMETERS | dict(state["hyperparameters"])
+    if version <= 2:
+        _given_settings_only(state)
+    if version == 1:
+        _parts_by_network(state)
+    if network == "film":
+        _film_scales_and_shifts(state, options.get("encoder_depth", 2))
+    state["format_version"] = VERSION
+    return state
+
+
+def _given_settings_only(state: dict[str, Any]) -> None:
+    """Formats 1 and 2 kept only the policy settings that were given: the others get the values
+    they then had; ``compile`` was ``compile_aggregator``."""
+    hyperparameters = dict(state["hyperparameters"])
     hyperparameters["policy_kwargs"] = EARLIER_POLICY_VALUES | dict(
         hyperparameters["policy_kwargs"]
     )
     hyperparameters["compile"] = hyperparameters.pop("compile_aggregator", False)
     state["hyperparameters"] = hyperparameters
-    state["format_version"] = VERSION
-    if version == 2:
-        return state
+
+
+def _parts_by_network(state: dict[str, Any]) -> None:
+    """Format 1 kept the optimizers, methods and skip counts in dicts keyed by network."""
     skipped = state["counters"].pop("skipped_updates")
     optimizers, aggregators = state.pop("optimizers"), state.pop("aggregators")
     for network in ("critic", "actor"):
@@ -155,8 +191,58 @@ def migrate(state: dict[str, Any], source: str) -> dict[str, Any]:
         for network in ("critic", "actor")
     }
     state["statistics"] = _empty_means()
-    state["format_version"] = VERSION
-    return state
+
+
+def _network(state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The checkpoint's network and the options it was given."""
+    policy = state["hyperparameters"]["policy_kwargs"]
+    network = policy.get("network") or ("multi-head" if policy.get("multi_head") else "mlp")
+    return network, dict(policy.get("network_options") or {})
+
+
+def _refuse_reshaped(network: str, options: dict, state: dict, source: str, version: int) -> None:
+    """Refuse, saying what changed, a network whose parameters changed shape in format 4."""
+    widths = {options.get("encoder_width", 50), options.get("embedding_width", 50)}
+    if network in ("soft-modules", "paco") or (network in ("care", "film") and len(widths) > 1):
+        raise CheckpointError(
+            f"{source} holds a {network} network in checkpoint format {version} (mtrl "
+            f"{state.get('mtrl_version')}); format {VERSION} builds {network} as its reference "
+            f"code does and {RESHAPED[network]}, so these weights no longer fit: retrain it, or "
+            "load it with the mtrl that wrote it"
+        )
+
+
+def _film_scales_and_shifts(state: dict[str, Any], depth: int) -> None:
+    """FiLM's scale-and-shift layer gave all scales then all shifts, and each scale was the
+    output itself; now they alternate (γ₀, β₀, γ₁, …) and each scale is one plus the output.
+    Its last layer's columns (and their optimizer moments) are reordered and the scales' biases
+    lowered by one, so that the network computes what it computed."""
+    layers = depth + 1
+    order = [column for i in range(layers) for column in (i, layers + i)]
+    policy = dict(state["policy"])
+    for network in ("actor", "critic", "critic_target"):
+        names = [name for name in policy if name.startswith(f"{network}.")]
+        for kind in ("weight", "bias"):
+            name = f"{network}.net.film.layers.{depth}.{kind}"
+            policy[name] = policy[name][..., order]
+            if kind == "bias":
+                policy[name][..., 0::2] -= 1.0  # the scales' columns, now one apart
+            if network != "critic_target":  # whose copy has no optimizer
+                _reorder_moments(state, network, names.index(name), order)
+    state["policy"] = policy
+
+
+def _reorder_moments(state: dict[str, Any], network: str, index: int, order: list[int]) -> None:
+    """Reorder the last axis of a parameter's optimizer state (Adam's or AdaTask's moments),
+    which the optimizer keys by the parameter's place among its network's parameters."""
+    part = state[network] = dict(state[network])
+    optimizer = part["optimizer"] = dict(part["optimizer"])
+    moments = optimizer["state"] = dict(optimizer["state"])
+    if index in moments:
+        moments[index] = {
+            key: value[..., order] if torch.is_tensor(value) and value.dim() > 0 else value
+            for key, value in moments[index].items()
+        }
 
 
 class Checkpointing:
@@ -227,7 +313,8 @@ def from_state(cls: type, state: dict[str, Any], env: Any, device: Any, source: 
     """Rebuild an MTSAC (``cls``) from a checkpoint's state; with ``env`` it is ready to
     continue training."""
     state = migrate(state, source)
-    hyperparameters = dict(state["hyperparameters"])
+    # A key the file lacks did not exist when it was written: the run did what was then done.
+    hyperparameters = EARLIER_HYPERPARAMETERS | dict(state["hyperparameters"])
     hyperparameters["policy_kwargs"] = dict(hyperparameters["policy_kwargs"])
     model = cls("MlpPolicy", env, device=device, _init_setup_model=False, **hyperparameters)
     if env is None:

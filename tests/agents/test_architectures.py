@@ -1,6 +1,7 @@
 """Every architecture of the field: per-task gradients from one grouped pass equal K backward
 passes, task-specific parameters learn from their own task alone, and any method's update is
-the same from stored gradients, Gram-first or K backward passes."""
+the same from stored gradients (one pass or vmap), Gram-first (either update) or K backward
+passes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ SMALL = {  # each architecture's options, scaled down
         "module_width": 8,
         "embedding_width": 12,
         "width": 10,
+        "trunk_width": 11,
     },
     "care": {"experts": 3, "encoder_width": 6, "embedding_width": 7},
     "paco": {"sets": 3},
@@ -81,9 +83,12 @@ def test_task_specific_parameters_learn_from_their_own_task_only(network, kind):
 @pytest.mark.parametrize("network", list(ARCHITECTURES))
 def test_every_way_gives_the_same_update(network, method):
     model, loss_fn, inputs, shared = case(network, "critic")
+    modes = ("loop", "grouped", "gram", "auto", "vmap")
+    ways = {mode: {"per_task_gradients": mode} for mode in modes}
+    ways["gram, backward"] = {"per_task_gradients": "gram", "gram_update": "backward"}
     results = {
-        mode: step_once(model, loss_fn, inputs, shared, seeded(method), per_task_gradients=mode)
-        for mode in ("loop", "grouped", "gram", "auto")
+        way: step_once(model, loss_fn, inputs, shared, seeded(method), **settings)
+        for way, settings in ways.items()
     }
     reference, reference_grads = results["loop"]
     for mode, (result, grads) in results.items():

@@ -11,6 +11,8 @@ log-α per task, target entropy −|A|.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +24,13 @@ from torch import Tensor
 from torch.func import functional_call
 
 from mtrl.agents import saving
+from mtrl.agents.categorical import (
+    cross_entropy_task_loss,
+    expectation,
+    mean_probabilities,
+    project,
+    support,
+)
 from mtrl.agents.logs import TrainingLogs
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.overlap import OverlappedUpdates
@@ -34,20 +43,42 @@ from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
 from mtrl.stats import DeviceMeans
 
 DEFAULT_BATCH_PER_TASK = 128
+# How each task's critic and actor losses are weighted (agent.task_loss_weights).
+TASK_LOSS_WEIGHTS = ("none", "temperature")
+# The critics' loss (agent.critic_loss): the squared TD error, or BRC's cross-entropy with a
+# projected target distribution (mtrl.agents.categorical).
+CRITIC_LOSSES = ("mse", "categorical")
 # Vector steps of uniform random actions before learning, by default (warmstart_steps of
 # rainx0r/metaworld-algorithms and rainx0r/mtrl).
 WARMUP_VECTOR_STEPS = 4000
 
-__all__ = ["GRADIENT_MODES", "MTSAC", "actor_task_loss", "critic_task_loss"]
+__all__ = [
+    "CRITIC_LOSSES",
+    "GRADIENT_MODES",
+    "MTSAC",
+    "TASK_LOSS_WEIGHTS",
+    "actor_task_loss",
+    "categorical_actor_task_loss",
+    "categorical_critic_task_loss",
+    "critic_task_loss",
+    "temperature_task_weights",
+    "weighted_by_task",
+]
 
 
 # The losses take one task's slice of a batch (``layout="single"``, under vmap) or the whole
 # ``[K, B]`` batch (``layout="grouped"``), and return one loss per task.
 
 
-def critic_task_loss(params, obs, actions, target, critic: Critic, layout: str):
-    """Critic loss: half the summed mean squared TD errors of the critics."""
+def critic_task_loss(
+    params, obs, actions, target, critic: Critic, layout: str, max_q_value: float | None = None
+):
+    """Critic loss: half the summed mean squared TD errors of the critics. With
+    ``max_q_value``, the predictions are clipped to ±it first, so that a prediction past the
+    bound gets no gradient (the JAX code's Q clipping, which its PaCo runs used)."""
     q_values = functional_call(critic, params, (obs, actions), {"layout": layout})
+    if max_q_value is not None:
+        q_values = q_values.clamp(-max_q_value, max_q_value)
     loss = 0.5 * (q_values - target).square().mean(dim=-1).sum(dim=0)
     return loss, loss
 
@@ -58,6 +89,49 @@ def actor_task_loss(params, obs, noise, alpha, actor: Actor, critic: Critic, cri
     q_value = functional_call(critic, critic_params, (obs, actions), {"layout": layout})
     loss = (alpha.unsqueeze(-1) * log_prob - q_value.min(dim=0).values).mean(dim=-1)
     return loss, (loss, log_prob.mean(dim=-1))
+
+
+def categorical_critic_task_loss(params, obs, actions, target, critic: Critic, layout: str):
+    """Categorical critic loss: the cross-entropy of each critic's distribution with the target
+    distribution, averaged over the batch and summed over the critics."""
+    logits = functional_call(critic, params, (obs, actions), {"layout": layout})
+    loss = cross_entropy_task_loss(logits, target)
+    return loss, loss
+
+
+def categorical_actor_task_loss(
+    params, obs, noise, alpha, actor: Actor, critic: Critic, critic_params, layout, *, atoms
+):
+    """Actor loss ``E[α log π(a|s) − V(s, a)]``, ``V`` the expectation over the support
+    ``atoms`` of the critics' mean distribution (BRC has no minimum over the critics)."""
+    actions, log_prob = functional_call(actor, params, (obs, noise), {"layout": layout})
+    logits = functional_call(critic, critic_params, (obs, actions), {"layout": layout})
+    loss = (alpha.unsqueeze(-1) * log_prob - expectation(logits, atoms)).mean(dim=-1)
+    return loss, (loss, log_prob.mean(dim=-1))
+
+
+def weighted_by_task(
+    loss_fn: Callable[..., tuple[Tensor, Any]], task_inputs: int
+) -> Callable[..., tuple[Tensor, Any]]:
+    """``loss_fn``, which takes ``task_inputs`` task inputs, with each task's loss multiplied by
+    a weight given as one more task input after those (a ``[K]`` tensor). The losses in ``aux``
+    (``aux`` itself, or its first entry: what the methods read) are scaled alike."""
+
+    def weighted(params, *args):
+        inputs, weights, rest = args[:task_inputs], args[task_inputs], args[task_inputs + 1 :]
+        losses, aux = loss_fn(params, *inputs, *rest)
+        losses = weights * losses
+        aux = (losses, *aux[1:]) if isinstance(aux, tuple) else losses
+        return losses, aux
+
+    return weighted
+
+
+def temperature_task_weights(log_alpha: Tensor) -> Tensor:
+    """``K · softmax(−log α)``: tasks whose temperature is low, whose policies are already sure,
+    weigh more; the weights average 1, so a uniform α leaves the losses as they are. They are
+    constants of the step (computed from the detached temperatures)."""
+    return log_alpha.numel() * torch.softmax(-log_alpha.detach(), dim=0)
 
 
 class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgorithm):
@@ -93,6 +167,19 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             clipping), 1.0 as in the JAX recipes.
         max_q_value: clip the critics' TD targets to ``[−max_q_value, max_q_value]`` (``None``:
             no clipping, as the JAX recipes; their PaCo runs use 5000).
+        clip_q_predictions: clip the critics' predictions to the same bound as the targets
+            (needs ``max_q_value``), as the JAX code did when it clipped.
+        alpha_learning_rate: the temperatures' own learning rate (``None``: ``learning_rate``);
+            the JAX MOORE runs use 1e-4.
+        critic_loss: ``"mse"``, or ``"categorical"`` for BRC's critics: logits over
+            ``categorical_atoms`` values evenly spaced on ``[−categorical_v_max,
+            categorical_v_max]``, trained on the cross-entropy with the projected target
+            distribution of the target critics' mean probabilities; the actor maximises the
+            expectation (:mod:`mtrl.agents.categorical`). Not with ``max_q_value``.
+        task_loss_weights: ``"none"``, or ``"temperature"`` to weight each task's critic and
+            actor losses by :func:`temperature_task_weights` (the JAX code's
+            ``use_task_weights``, from Soft Modularization); the method combines, and
+            ``train/`` logs, the weighted losses; the temperatures' loss is not weighted.
         overlap_updates: run each step's updates while the environments simulate the next
             step (:mod:`mtrl.agents.overlap`; ``None``: when they step in worker processes).
         Other arguments are those of SB3's off-policy algorithms.
@@ -124,6 +211,12 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         compile: bool = False,
         max_grad_norm: float | None = 1.0,
         max_q_value: float | None = None,
+        clip_q_predictions: bool = False,
+        alpha_learning_rate: float | None = None,
+        task_loss_weights: str = "none",
+        critic_loss: str = "mse",
+        categorical_atoms: int = 101,
+        categorical_v_max: float = 10.0,
         overlap_updates: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
@@ -146,6 +239,30 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         if max_q_value is not None and not max_q_value > 0:
             raise ValueError(f"max_q_value must be positive or None, got {max_q_value}")
         self.max_q_value = max_q_value
+        if clip_q_predictions and max_q_value is None:
+            raise ValueError("clip_q_predictions clips to ±max_q_value, which is None: set both")
+        self.clip_q_predictions = clip_q_predictions
+        if alpha_learning_rate is not None and not alpha_learning_rate > 0:
+            raise ValueError(
+                f"alpha_learning_rate must be positive or None, got {alpha_learning_rate}"
+            )
+        self.alpha_learning_rate = alpha_learning_rate
+        if task_loss_weights not in TASK_LOSS_WEIGHTS:
+            raise ValueError(
+                f"task_loss_weights={task_loss_weights!r}; valid: {', '.join(TASK_LOSS_WEIGHTS)}"
+            )
+        self.task_loss_weights = task_loss_weights
+        if critic_loss not in CRITIC_LOSSES:
+            raise ValueError(f"critic_loss={critic_loss!r}; valid: {', '.join(CRITIC_LOSSES)}")
+        if critic_loss == "categorical":
+            if max_q_value is not None:
+                raise ValueError(
+                    "critic_loss='categorical' bounds the values by its support "
+                    "(categorical_v_max): max_q_value must be None"
+                )
+            support(categorical_atoms, categorical_v_max)  # refuses bad values now
+        self.critic_loss = critic_loss
+        self.categorical_atoms, self.categorical_v_max = categorical_atoms, categorical_v_max
         super().__init__(
             policy,
             env,
@@ -173,6 +290,8 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self.requested_batch_size = batch_size
         if learning_starts is None:
             self.learning_starts = WARMUP_VECTOR_STEPS * self.n_envs
+        if critic_loss == "categorical":
+            self.policy_kwargs["critic_outputs"] = categorical_atoms
         self._setup_overlap(overlap_updates)
         self.task_names: list[str] = []
         if env is not None:
@@ -205,10 +324,22 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self.log_alpha = torch.full(
             (num_tasks,), math.log(self.initial_alpha), device=self.device, requires_grad=True
         )
+        alpha_lr = self.alpha_learning_rate or self.lr_schedule(1)
         # fused: it can skip a non-finite step on the device (see mtrl.backward.step_if_finite)
         self.alpha_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=self.lr_schedule(1), eps=self.policy.adam_eps, fused=True
+            [self.log_alpha], lr=alpha_lr, eps=self.policy.adam_eps, fused=True
         )
+        self.critic_loss_fn, self.actor_loss_fn = critic_task_loss, actor_task_loss
+        if self.clip_q_predictions:
+            self.critic_loss_fn = partial(critic_task_loss, max_q_value=self.max_q_value)
+        self.atoms = None
+        if self.critic_loss == "categorical":
+            self.atoms = support(self.categorical_atoms, self.categorical_v_max, device=self.device)
+            self.critic_loss_fn = categorical_critic_task_loss
+            self.actor_loss_fn = partial(categorical_actor_task_loss, atoms=self.atoms)
+        if self.task_loss_weights != "none":
+            self.critic_loss_fn = weighted_by_task(self.critic_loss_fn, task_inputs=3)
+            self.actor_loss_fn = weighted_by_task(self.actor_loss_fn, task_inputs=3)
         self.alpha_skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         methods = [self._method(network) for network in (self.critic, self.actor)]
         # Loss-based methods (FAMO) take one backward pass per network: no per-task gradients.
@@ -245,9 +376,10 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
 
     def _train(self, gradient_steps: int, batch_size: int) -> None:
         self.policy.set_training_mode(True)
-        self._update_learning_rate(
-            [self.actor.optimizer, self.critic.optimizer, self.alpha_optimizer]
-        )
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.alpha_learning_rate is None:  # else the temperatures keep their own rate
+            optimizers.append(self.alpha_optimizer)
+        self._update_learning_rate(optimizers)
         for _ in range(gradient_steps):
             self.update(self.replay_buffer.sample_tasks(batch_size // self.policy.num_tasks))
         self._n_updates += gradient_steps
@@ -272,18 +404,32 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
                 batch.next_observations, torch.randn_like(batch.actions), "grouped"
             )
             next_q = self.critic_target(batch.next_observations, next_actions, "grouped")
-            soft_value = next_q.min(dim=0).values - alpha.unsqueeze(-1) * next_log_prob
-            target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value
+            entropy = alpha.unsqueeze(-1) * next_log_prob
+            if self.atoms is not None:  # the target critics' mean distribution, projected
+                next_probs = mean_probabilities(next_q)
+                target = project(
+                    next_probs, batch.rewards, batch.dones, self.gamma, entropy, self.atoms
+                )
+            else:
+                soft_value = next_q.min(dim=0).values - entropy
+                target = batch.rewards + (1 - batch.dones) * self.gamma * soft_value
             if self.max_q_value is not None:
                 target = target.clamp(-self.max_q_value, self.max_q_value)
 
+        # Weighted losses take each task's weight after their own task inputs (weighted_by_task),
+        # from the temperatures before this step's update.
+        weights = ()
+        if self.task_loss_weights == "temperature":
+            weights = (temperature_task_weights(self.log_alpha),)
         critic = self.critic_step(
-            critic_task_loss, (batch.observations, batch.actions, target), (self.critic,)
+            self.critic_loss_fn,
+            (batch.observations, batch.actions, target, *weights),
+            (self.critic,),
         )
         frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
         actor = self.actor_step(
-            actor_task_loss,
-            (batch.observations, torch.randn_like(batch.actions), alpha),
+            self.actor_loss_fn,
+            (batch.observations, torch.randn_like(batch.actions), alpha, *weights),
             (self.actor, self.critic, frozen_critic),
         )
         log_probs = actor.aux[1].detach()

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mtrl import plugins
 from mtrl.agents.architectures import ARCHITECTURES
+from mtrl.agents.mtsac import CRITIC_LOSSES, TASK_LOSS_WEIGHTS
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.agents.saving import EARLIER_HYPERPARAMETERS, EARLIER_POLICY_VALUES
@@ -32,6 +34,13 @@ from mtrl.envs.benchmarks import (
     REWARD_VERSIONS,
     VECTOR_STRATEGIES,
     task_names,
+)
+from mtrl.plugins import (
+    PLAIN_NETWORKS,
+    PluginError,
+    discover,
+    network_class,
+    network_options,
 )
 
 
@@ -114,7 +123,7 @@ class Each:
 
 Rule = Interval | OneOf | Each
 COUNT = Interval(low=1, integer=True)  # an integer >= 1
-NETWORKS = ("mlp", "multi-head", *ARCHITECTURES)
+NETWORKS = ("mlp", "multi-head", *ARCHITECTURES)  # mtrl's own; others come from packages
 
 
 def valid(default: Any, rule: Rule) -> Any:
@@ -137,6 +146,12 @@ class BenchmarkConfig:
 
 
 @dataclass
+class CategoricalConfig:
+    atoms: int = valid(101, Interval(low=2, integer=True))
+    v_max: float = valid(10.0, Interval(low=0, open_low=True))
+
+
+@dataclass
 class AgentConfig:
     net_arch: list[int] = valid([400, 400, 400], Each(COUNT, least=1))
     actor_task_layers: list[int] = valid([], Each(Interval(low=0, integer=True)))
@@ -148,7 +163,12 @@ class AgentConfig:
     adam_eps: float = valid(1e-5, Interval(0, 1, open_low=True))
     max_grad_norm: float | None = valid(1.0, Interval(low=0, open_low=True, optional=True))
     max_q_value: float | None = valid(None, Interval(low=0, open_low=True, optional=True))
+    clip_q_predictions: bool = False  # needs max_q_value (checked in settings)
     learning_rate: float = valid(3e-4, Interval(0, 1, open_low=True))
+    alpha_learning_rate: float | None = valid(None, Interval(0, 1, open_low=True, optional=True))
+    task_loss_weights: str = valid("none", OneOf(TASK_LOSS_WEIGHTS))
+    critic_loss: str = valid("mse", OneOf(CRITIC_LOSSES))  # categorical: not with max_q_value
+    categorical: CategoricalConfig = field(default_factory=CategoricalConfig)
     gamma: float = valid(0.99, Interval(0, 1))
     tau: float = valid(0.005, Interval(0, 1, open_low=True))
     batch_size_per_task: int = valid(128, COUNT)
@@ -199,7 +219,15 @@ class TrainConfig:
 # Agent keys that earlier versions did not write, with the values that reproduce what their
 # runs did (not today's defaults, which may be another recipe's): those their checkpoints held.
 EARLIER_AGENT_VALUES = EARLIER_POLICY_VALUES | {
-    key: EARLIER_HYPERPARAMETERS[key] for key in ("gram_update", "max_grad_norm", "max_q_value")
+    key: EARLIER_HYPERPARAMETERS[key]
+    for key in (
+        "gram_update",
+        "max_grad_norm",
+        "max_q_value",
+        "clip_q_predictions",
+        "alpha_learning_rate",
+        "task_loss_weights",
+    )
 }
 
 
@@ -226,43 +254,88 @@ def upgrade(config: DictConfig) -> DictConfig:
     return config
 
 
+def _typed(annotation: Any, default: dataclasses.Field) -> Any:
+    """``annotation`` where a Hydra structured config can hold it, else ``Any`` (a
+    ``Literal``, say): the method or network then checks the value itself when it is built."""
+    copy = field(default=default.default, default_factory=default.default_factory)
+    probe = dataclasses.make_dataclass("Probe", [("value", annotation, copy)])
+    try:
+        OmegaConf.structured(probe)
+    except Exception:  # OmegaConf refuses an annotation it cannot hold with several errors
+        return Any
+    return annotation
+
+
+def _schema_field(annotation: Any, spec: dataclasses.Field | inspect.Parameter) -> tuple:
+    """The config field of a method's hyperparameter or a network's option: its annotation and
+    default (``???``, a value to give, where it has none)."""
+    if isinstance(spec, inspect.Parameter):
+        value = MISSING if spec.default is inspect.Parameter.empty else spec.default
+        default = field(default=value)
+    elif spec.default_factory is not dataclasses.MISSING:
+        default = field(default_factory=spec.default_factory)
+    else:
+        value = MISSING if spec.default is dataclasses.MISSING else spec.default
+        default = field(default=value)
+    return spec.name, _typed(annotation, default), default
+
+
 def method_schema(name: str) -> type:
-    """A dataclass with the method's config name and its hyperparameters, typed as the method
-    declares them (the method checks their ranges itself when it is built)."""
+    """The config node ``method/<name>``: a dataclass with the method's config name and its
+    hyperparameters, typed and defaulted as the method's own dataclass declares them (the
+    method checks their ranges itself when it is built). Benchmark-specific values, such as
+    CAGrad's for MT50, are ``configs/method_benchmark/<name>_<benchmark>.yaml``."""
     cls = aggregator_class(name)
     hints = typing.get_type_hints(cls)
     fields = [("name", str, field(default=name))]
     for spec in dataclasses.fields(cls):
         if spec.init:
-            fields.append((spec.name, hints[spec.name], field(default=spec.default)))
+            fields.append(_schema_field(hints.get(spec.name, Any), spec))
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
 def network_schema(name: str) -> type:
     """A dataclass with the network's config name and its options, typed and defaulted as its
-    constructor declares them (``configs/network/<name>.yaml`` sets the papers' values)."""
+    constructor declares them (for mtrl's own, ``configs/network/<name>.yaml`` sets the papers'
+    values on it)."""
     fields = [("name", str, field(default=name))]
-    if name in ARCHITECTURES:
-        signature = inspect.signature(ARCHITECTURES[name])
-        hints = typing.get_type_hints(ARCHITECTURES[name].__init__)
-        for parameter in signature.parameters.values():
-            if parameter.default is not inspect.Parameter.empty and parameter.name in hints:
-                fields.append(
-                    (parameter.name, hints[parameter.name], field(default=parameter.default))
-                )
+    if name not in PLAIN_NETWORKS:
+        cls = network_class(name)
+        hints = typing.get_type_hints(cls.__init__)
+        for option, parameter in network_options(cls).items():
+            fields.append(_schema_field(hints.get(option, Any), parameter))
     return dataclasses.make_dataclass(f"{name.title().replace('-', '')}Network", fields)
 
 
-def register() -> None:
+def register() -> list[PluginError]:
     """Put the schemas in Hydra's config store: ``train_schema`` for ``configs/train.yaml``,
-    ``<method>_schema`` in the method group for each ``configs/method/<method>.yaml``, and
-    ``<network>_schema`` in the network group for each ``configs/network/<network>.yaml``."""
+    ``method/<name>`` for every method (:func:`method_schema`), ``<network>_schema`` in the
+    network group for each ``configs/network/<network>.yaml``, and ``network/<name>`` for the
+    networks of other packages, which have no YAML file.
+
+    Returns what stopped a package's method or network from being registered, for the command
+    line to report (mtrl-train refuses to start then)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for name in available():
-        store.store(group="method", name=f"{name}_schema", node=method_schema(name))
-    for name in NETWORKS:
-        store.store(group="network", name=f"{name}_schema", node=network_schema(name))
+    problems = []
+    try:
+        methods, networks = available(), discover(plugins.NETWORKS)
+    except PluginError as error:  # a name declared twice
+        return [error]
+    for name in methods:
+        try:
+            store.store(group="method", name=name, node=method_schema(name))
+        except PluginError as error:
+            problems.append(error)
+    for name in [*PLAIN_NETWORKS, *networks]:
+        try:
+            if name in PLAIN_NETWORKS or networks[name].builtin:
+                store.store(group="network", name=f"{name}_schema", node=network_schema(name))
+            else:
+                store.store(group="network", name=name, node=network_schema(name))
+        except PluginError as error:
+            problems.append(error)
+    return problems
 
 
 def validate(config: dict[str, Any], schema: type = TrainConfig, prefix: str = "") -> None:

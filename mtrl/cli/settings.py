@@ -10,6 +10,7 @@ any environment is built, with a message that names the key and what is valid.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,8 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrl.agents import architectures
 from mtrl.aggregators import make_aggregator
+from mtrl.aggregators.base import aggregator_class
 from mtrl.cli.schema import ConfigError, validate
 from mtrl.envs.benchmarks import BenchmarkSpec, choose_vector_strategy
+from mtrl.plugins import (
+    METHODS,
+    NETWORKS,
+    PLAIN_NETWORKS,
+    network_class,
+    network_options,
+    plugin,
+)
 
 __all__ = ["ConfigError", "TrainSettings", "integer", "resolve_device", "train_settings"]
 
@@ -76,17 +86,102 @@ def _layers(key: str, value: list[int], depth: int) -> list[int]:
     return list(value)
 
 
+def _shown(value: Any) -> str:
+    """``value`` as it is written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A method's hyperparameters that have defaults, with them."""
+    defaults = {}
+    for spec in dataclasses.fields(cls):
+        if spec.init and spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.init and spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+    return defaults
+
+
+def refusal(
+    group: str,
+    name: str,
+    package: str,
+    given: dict[str, Any],
+    defaults: dict[str, Any],
+    build: Callable[..., Any],
+    error: Exception,
+) -> str:
+    """The message for a method or network that refused its values when built (``build(**given)``
+    raised ``error``): the keys it refused with their values, the package it comes from, and
+    its own words. The keys are those whose value alone, the others at their defaults, is
+    refused; else all that differ from the defaults."""
+    changed = [key for key in given if key not in defaults or given[key] != defaults[key]]
+
+    def refused(key: str) -> bool:
+        values = given | {k: defaults[k] for k in changed if k != key and k in defaults}
+        try:
+            build(**values)
+        except (TypeError, ValueError):
+            return True
+        return False
+
+    keys = [key for key in changed if refused(key)] or changed or list(given)
+    shown = ", ".join(f"{group}.{key}={_shown(given[key])}" for key in keys)
+    return f"{shown} refused by the {group} {name!r} of {package}: {error}"
+
+
+def _check_network(
+    name: str, options: dict[str, Any], agent: dict[str, Any], num_tasks: int
+) -> None:
+    """Build another package's network once, on the meta device (no memory, no time), so that
+    its own checks of its options run before any environment is built."""
+    cls = network_class(name)
+
+    def build(**values: Any) -> None:
+        with torch.device("meta"):
+            cls(
+                8,
+                2,
+                members=1,
+                num_tasks=num_tasks,
+                hidden=list(agent["net_arch"]),
+                init=agent["init"],
+                head_bound=1e-3,
+                **values,
+            )
+
+    try:
+        build(**options)
+    except (TypeError, ValueError) as error:
+        defaults = {
+            option: parameter.default
+            for option, parameter in network_options(cls).items()
+            if parameter.default is not parameter.empty
+        }
+        package = plugin(NETWORKS, name).package
+        message = refusal("network", name, package, options, defaults, build, error)
+        raise ConfigError(message) from error
+    except Exception:  # an operator the meta device lacks: building it for the run will tell
+        pass
+
+
 def agent_kwargs(
     agent: dict[str, Any], num_tasks: int, optimizer: str, network: dict[str, Any]
 ) -> dict[str, Any]:
     """MTSAC's constructor arguments from the (validated) ``agent`` and ``network`` groups."""
     network = dict(network)
     name = network.pop("name")
-    if name not in ("mlp", "multi-head"):
+    if name not in PLAIN_NETWORKS:
         try:
             architectures.check_options(name, network)
         except ValueError as error:
             raise ConfigError(f"network: {error}") from error
+        if not plugin(NETWORKS, name).builtin:
+            _check_network(name, network, agent, num_tasks)
     if name not in ("mlp", "multi-head") and (
         agent["actor_task_layers"] or agent["critic_task_layers"]
     ):
@@ -101,8 +196,20 @@ def agent_kwargs(
             f"agent.log_std_bounds must be [low, high] with low < high, got "
             f"{agent['log_std_bounds']}"
         )
+    if agent["clip_q_predictions"] and agent["max_q_value"] is None:
+        raise ConfigError(
+            "agent.clip_q_predictions=true clips the Q predictions to ±agent.max_q_value, "
+            "which is null: set agent.max_q_value too (their PaCo runs: 5000)"
+        )
+    if agent["critic_loss"] == "categorical" and agent["max_q_value"] is not None:
+        raise ConfigError(
+            "agent.critic_loss=categorical bounds the values by its support "
+            "(agent.categorical.v_max): agent.max_q_value must be null"
+        )
+    alpha_lr = agent["alpha_learning_rate"]
     return {
         "learning_rate": float(agent["learning_rate"]),
+        "alpha_learning_rate": None if alpha_lr is None else float(alpha_lr),
         "gamma": float(agent["gamma"]),
         "tau": float(agent["tau"]),
         "batch_size": agent["batch_size_per_task"] * num_tasks,
@@ -113,6 +220,11 @@ def agent_kwargs(
         "compile": agent["compile"],
         "max_grad_norm": agent["max_grad_norm"],
         "max_q_value": agent["max_q_value"],
+        "clip_q_predictions": agent["clip_q_predictions"],
+        "task_loss_weights": agent["task_loss_weights"],
+        "critic_loss": agent["critic_loss"],
+        "categorical_atoms": agent["categorical"]["atoms"],
+        "categorical_v_max": float(agent["categorical"]["v_max"]),
         "recon_threshold": float(agent["recon_threshold"]),
         "per_task_gradients": agent["per_task_gradients"],
         "gram_update": agent["gram_update"],
@@ -138,6 +250,11 @@ def agent_kwargs(
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """Validate a composed ``train`` config; raises :class:`ConfigError`."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # a method's hyperparameter or a network's option without a default
+        raise ConfigError(
+            f"{', '.join(missing)} must be given: no default is declared, e.g. {missing[0]}=..."
+        )
     container = OmegaConf.to_container(cfg, resolve=True)
     validate(container)
     method = dict(container["method"])
@@ -149,9 +266,15 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     except ValueError as error:
         raise ConfigError(f"benchmark: {error}") from error
     try:
+        cls = aggregator_class(name)  # the error names the package of a method that fails
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    try:
         aggregator = make_aggregator(name, **method)  # each method checks its own values
     except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from error
+        package = plugin(METHODS, name).package
+        message = refusal("method", name, package, method, _defaults(cls), cls, error)
+        raise ConfigError(message) from error
     agent = agent_kwargs(
         container["agent"], benchmark.num_tasks, container["optimizer"], container["network"]
     )

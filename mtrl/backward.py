@@ -26,13 +26,14 @@ consumes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mtrl.aggregators import Aggregator, solve_weights
+from mtrl.aggregators import Aggregator
+from mtrl.aggregators.base import solve_weights
 from mtrl.jacobian import (
     combine,
     grouped_pass,
@@ -47,6 +48,9 @@ from mtrl.optim import AdaTask
 # torch.func.vmap or from K backward passes (a reference); none: one backward pass of the
 # weighted losses, for methods that need no Gram matrix.
 GRADIENT_MODES = ("auto", "grouped", "gram", "vmap", "loop", "none")
+# The modes that read each shared layer's inputs and output gradients: only models built from
+# mtrl's layers (listed by their ``shared_layers()``) can form per-task gradients that way.
+LAYER_MODES = ("auto", "grouped", "gram")
 # How Gram-first steps form Jᵀw: one product per layer from the weighted output gradients, or
 # a second backward pass of Σ_k w_k L_k.
 UPDATE_MODES = ("products", "backward")
@@ -118,6 +122,50 @@ def layer_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return list(layer.named_parameters(recurse=False))
 
 
+def _task_specific_names(network: nn.Module, given: Iterable[nn.Parameter] | None) -> list[str]:
+    """The names of the model's task-specific parameters: those it lists itself, or ``given``."""
+    listed = getattr(network, "task_specific_parameters", None)
+    if listed is not None:
+        if given is not None:
+            raise ValueError(
+                f"{type(network).__name__} lists its own task-specific parameters "
+                "(task_specific_parameters()): task_specific is for models that do not"
+            )
+        return list(listed())
+    given_ids = {id(p) for p in given or ()}
+    names = [name for name, p in network.named_parameters() if id(p) in given_ids]
+    if len(names) != len(given_ids):
+        raise ValueError("task_specific holds parameters that are not the model's own")
+    return names
+
+
+def _layer_groups(network: nn.Module, own: list[str]) -> dict[str, list[str]]:
+    """The shared parameters' names, grouped by layer (the per-layer Gram matrices'): the
+    model's ``shared_layers()``, or else the modules that hold them, by their names."""
+    if hasattr(network, "shared_layers"):
+        prefixes = {module: name for name, module in network.named_modules()}
+        return {
+            label: [f"{prefixes[layer]}.{name}" for name, _ in layer_parameters(layer)]
+            for label, layer in network.shared_layers().items()
+        }
+    groups: dict[str, list[str]] = {}
+    for name, _ in network.named_parameters():
+        if name not in own:
+            groups.setdefault(name.rpartition(".")[0] or "model", []).append(name)
+    return groups
+
+
+def _losses_in_aux(loss_fn: Callable[..., tuple[Tensor, Any]]) -> Callable[..., Any]:
+    """``loss_fn`` whose auxiliary output leads with the losses: ``torch.func.grad`` hands back
+    the auxiliary output alone, and the step needs the losses too."""
+
+    def with_losses(*args: Any) -> tuple[Tensor, tuple[Tensor, Any]]:
+        losses, aux = loss_fn(*args)
+        return losses, (losses, aux)
+
+    return with_losses
+
+
 def stores(layer: nn.Module, layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> bool:
     """Whether storing a layer's per-task gradients fits :data:`STORE_RATIO` (see above)."""
     members, rows, fan_in = layer_inputs.shape
@@ -148,17 +196,37 @@ def tile_shape(layer_inputs: Tensor, output_grads: Tensor, tasks: int) -> tuple[
 
 
 class MultiTaskBackward:
-    """The update of one network from its per-task losses (see the module's docstring).
+    """The update of one model from its per-task losses (see the module's docstring), with any
+    method.
+
+    Which models, and which modes:
+
+    - a model built from mtrl's layers, one that lists its shared layers in ``shared_layers()``
+      (each forms per-task gradients from its inputs and output gradients, as
+      :class:`~mtrl.agents.networks.EnsembleLinear` does) and its task-specific parameters in
+      ``task_specific_parameters()``, such as a :class:`~mtrl.agents.networks.MultiTaskNetwork`,
+      takes every mode of :data:`GRADIENT_MODES`;
+    - any other ``nn.Module`` takes ``"vmap"`` and ``"loop"`` (and ``"none"``, for methods
+      that need no Gram matrix); its per-task heads, if any, are named by ``task_specific``.
+
+    Calling the step runs ``loss_fn(params, *task_inputs, *shared_inputs, layout)``, which
+    returns the ``[K]`` task losses and anything else (see :mod:`mtrl.jacobian`): ``"vmap"``
+    calls it on one task's slice of the ``[K, B, ...]`` batch at a time, the other modes on the
+    whole batch.
 
     Args:
-        network: a :class:`~mtrl.agents.networks.MultiTaskNetwork`.
-        optimizer: steps the network's parameters.
+        network: the model whose parameters the step updates.
+        optimizer: steps the model's parameters.
         aggregator: the method turning per-task gradients (or losses) into task weights.
         per_task_gradients: one of :data:`GRADIENT_MODES`.
         gram_update: one of :data:`UPDATE_MODES`, for the layers formed Gram-first.
         compile: ``torch.compile`` the method's K×K computation.
         max_grad_norm: clip the combined update to this global norm before the step (``None``:
             no clipping), as the parameter-scaling recipe does (1.0).
+        task_specific: for a model without ``task_specific_parameters()``, the parameters each
+            reached by one task's loss only (per-task heads). They stay out of the Gram matrix
+            and get their own task's gradient of the mean loss; every other parameter is
+            shared.
     """
 
     def __init__(
@@ -170,12 +238,14 @@ class MultiTaskBackward:
         gram_update: str = "products",
         compile: bool = False,
         max_grad_norm: float | None = None,
+        task_specific: Iterable[nn.Parameter] | None = None,
     ) -> None:
         gradients, update = per_task_gradients, gram_update
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
         self.max_grad_norm = max_grad_norm
         self.check(aggregator, gradients, update)
+        self.own = _task_specific_names(network, task_specific)
         if isinstance(optimizer, AdaTask):
             if gradients == "gram":
                 raise ValueError("AdaTask keeps moments per task: it needs stored gradients")
@@ -188,7 +258,14 @@ class MultiTaskBackward:
             # the method's part must not make CUDA graphs of its own
             self.weights_of = torch.compile(aggregator.weights, dynamic=False)
         self.summed = gradients == "none" or aggregator.loss_based
-        if not self.summed and gradients not in ("vmap", "loop"):
+        from_layers = hasattr(network, "shared_layers")
+        if not self.summed and gradients in LAYER_MODES and not from_layers:
+            raise ValueError(
+                f"per_task_gradients={gradients!r} needs a model built from mtrl's layers (one "
+                f"that lists them in shared_layers()); {type(network).__name__} has none: use "
+                "per_task_gradients='vmap' or 'loop', which work on any nn.Module"
+            )
+        if not self.summed and gradients in LAYER_MODES:
             covered = {
                 id(p) for layer in network.shared_layers().values() for p in layer.parameters()
             }
@@ -198,7 +275,8 @@ class MultiTaskBackward:
                     f"shared parameters {outside} lie outside the layers that form per-task "
                     "gradients from one pass; use per_task_gradients='vmap' or 'loop'"
                 )
-        self.layer_names = list(network.shared_layers())
+        self.layers = _layer_groups(network, self.own)
+        self.layer_names = list(self.layers)
         self.skipped = torch.zeros((), dtype=torch.int64, device=next(network.parameters()).device)
 
     @staticmethod
@@ -229,11 +307,12 @@ class MultiTaskBackward:
             return self._summed_step(loss_fn, params, task_inputs, shared_inputs)
         if self.gradients in ("vmap", "loop"):
             compute = per_task_gradients if self.gradients == "vmap" else per_task_gradients_loop
-            gradients, aux = compute(loss_fn, params, task_inputs, shared_inputs)
-            own = self.network.task_specific_parameters()
-            shared = {n: g for n, g in gradients.items() if n not in own}
-            own_grads = {n: gradients[n].mean(dim=0) for n in own}
-            return self._stored_step(shared, own_grads, aux)
+            gradients, (losses, aux) = compute(
+                _losses_in_aux(loss_fn), params, task_inputs, shared_inputs
+            )
+            shared = {n: g for n, g in gradients.items() if n not in self.own}
+            own_grads = {n: gradients[n].mean(dim=0) for n in self.own}
+            return self._stored_step(shared, own_grads, losses, aux)
         return self._grouped_step(loss_fn, params, task_inputs, shared_inputs)
 
     # -- the three ways -----------------------------------------------------------------------
@@ -253,18 +332,12 @@ class MultiTaskBackward:
             self.aggregator.observe(losses.detach(), after)
         return StepResult(losses.detach(), aux, weights, ok)
 
-    def _stored_step(self, shared: dict[str, Tensor], own: dict[str, Tensor], aux) -> StepResult:
+    def _stored_step(
+        self, shared: dict[str, Tensor], own: dict[str, Tensor], losses: Tensor, aux
+    ) -> StepResult:
         """Per-task gradients ``[K, *shape]`` of every shared parameter in hand."""
-        losses = aux[0] if isinstance(aux, tuple) else aux
-        prefixes = {module: name for name, module in self.network.named_modules()}
         layer_grams = torch.stack(
-            [
-                sum(
-                    task_gram(shared[f"{prefixes[layer]}.{name}"])
-                    for name, _ in layer_parameters(layer)
-                )
-                for layer in self.network.shared_layers().values()
-            ]
+            [sum(task_gram(shared[name]) for name in names) for names in self.layers.values()]
         )
         weights, ok = self._weights(layer_grams, losses, *own.values())
         named = dict(self.network.named_parameters())

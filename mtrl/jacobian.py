@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map_only
 
 TaskLoss = Callable[..., tuple[Tensor, Any]]
 
@@ -176,9 +177,7 @@ def per_task_gradients_loop(
         )
         for i, name in enumerate(names)
     }
-    if isinstance(aux, Tensor):
-        return stacked, aux.detach()
-    return stacked, type(aux)(part.detach() for part in aux)
+    return stacked, tree_map_only(Tensor, Tensor.detach, aux)
 
 
 # Up to this many entries per task, one product over a whole parameter is cheapest; above it,

@@ -1,24 +1,12 @@
 """Gradient-aggregation methods: per-task gradients in, one deconflicted update out.
 
 Each method maps the Gram matrix of the per-task gradients to task weights; see
-:mod:`mtrl.aggregators.base` for the interface and :func:`aggregate` for applying one.
+:mod:`mtrl.aggregators.base` for the interface and :func:`aggregate` for applying one. The
+methods are found by name through the entry points ``mtrl.methods``, mtrl's own as well as those
+of other installed packages (:mod:`mtrl.plugins`): :func:`available` lists them and
+:func:`make_aggregator` builds one.
 """
 
-from mtrl.aggregators import (  # noqa: F401  (registers them)
-    aligned_mtl,
-    cagrad,
-    cagrad_fast,
-    conicgrad,
-    famo,
-    gradops,
-    gradvac,
-    imgrad,
-    mean,
-    mgda,
-    nash_mtl,
-    pcgrad,
-    sdmgrad,
-)
 from mtrl.aggregators.aligned_mtl import AlignedMTL
 from mtrl.aggregators.base import (
     Aggregation,
@@ -26,11 +14,8 @@ from mtrl.aggregators.base import (
     NonFiniteGradientError,
     aggregate,
     available,
-    check_finite,
     make_aggregator,
     normalized_gram,
-    register,
-    solve_weights,
 )
 from mtrl.aggregators.cagrad import CAGrad
 from mtrl.aggregators.cagrad_fast import FastCAGrad
@@ -65,9 +50,6 @@ __all__ = [
     "SDMGradOS",
     "aggregate",
     "available",
-    "check_finite",
     "make_aggregator",
     "normalized_gram",
-    "register",
-    "solve_weights",
 ]

@@ -12,12 +12,11 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 
 SCALES = ("min", "median", "rmse")
 
 
-@register("aligned-mtl")
 @dataclasses.dataclass
 class AlignedMTL(Aggregator):
     """With ``G = V Λ Vᵀ`` (so ``J = V Λ^½ Uᵀ``), the aligned gradients ``Ĵ = σ V Uᵀ = B J``,
@@ -35,6 +34,11 @@ class AlignedMTL(Aggregator):
             ``"median"`` (lower median) or ``"rmse"`` (root mean square) of the kept ones.
         rank_tol: relative eigenvalue cut-off; the reference uses float32's epsilon.
     """
+
+    name = "aligned-mtl"
+
+    scale_invariant = True
+    reads_host = True
 
     scale: str = "min"
     rank_tol: float = float(torch.finfo(torch.float32).eps)

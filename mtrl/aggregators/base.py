@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from mtrl.jacobian import combine, task_gram
-
-_REGISTRY: dict[str, type[Aggregator]] = {}
+from mtrl.plugins import METHODS, PluginError, discover
 
 
 class NonFiniteGradientError(ValueError):
@@ -27,6 +26,9 @@ class NonFiniteGradientError(ValueError):
 class Aggregator:
     """Base class: subclasses are dataclasses whose fields are the method's hyperparameters."""
 
+    # The config name: the name of the method's entry point in the group ``mtrl.methods``, which
+    # mtrl sets when it loads the class. Declaring it in the class too names the method where
+    # it is used directly (its errors, check_method's report); the two must agree.
     name: ClassVar[str]
     # Whether ``weights`` reads the Gram matrix. Methods that do not (``mean``) can also run
     # from one backward pass of their weighted losses, without per-task gradients.
@@ -37,6 +39,14 @@ class Aggregator:
     # Whether the method takes logarithms of the losses: then it cannot weight losses that may be
     # negative, such as SAC's actor loss, and MTSAC uses it for the critic only.
     requires_positive_losses: ClassVar[bool] = False
+    # Whether rescaling every task's gradient (for a loss-based method, every loss) by one
+    # positive factor leaves the weights unchanged, so that the update scales with the gradients;
+    # mtrl.testing.check_method holds a method that declares it to it.
+    scale_invariant: ClassVar[bool] = False
+    # Whether the weights need values read back to the host (Aligned-MTL's eigendecomposition
+    # checks its result there), which makes a GPU update wait: check_method reports the reads of
+    # a method that declares it instead of failing it.
+    reads_host: ClassVar[bool] = False
 
     def weights(self, gram: Tensor | None, losses: Tensor | None = None) -> Tensor:
         """Task weights ``w`` (shape ``[K]``, dtype of ``gram``): the update is ``Jᵀ w``."""
@@ -66,29 +76,37 @@ class Aggregator:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
 
-def register(name: str):
-    """Class decorator that makes an aggregator available under a config name."""
-
-    def decorate(cls: type[Aggregator]) -> type[Aggregator]:
-        if name in _REGISTRY:
-            raise ValueError(f"aggregator {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
 def available() -> list[str]:
-    """The config names of every registered method, sorted."""
-    return sorted(_REGISTRY)
+    """The config names of every method: mtrl's own and those of installed packages (the
+    entry points ``mtrl.methods``, see :mod:`mtrl.plugins`), sorted."""
+    return sorted(discover(METHODS))
 
 
 def aggregator_class(name: str) -> type[Aggregator]:
-    """The method registered under a config name; the error lists the valid names."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(available())}")
-    return _REGISTRY[name]
+    """The method registered under a config name; the error lists the valid names, and names
+    the package of a method that cannot be used."""
+    methods = discover(METHODS)
+    if name not in methods:
+        raise ValueError(
+            f"unknown method {name!r}; valid methods: {', '.join(available())} (a method of "
+            "another package is listed once that package is installed)"
+        )
+    entry = methods[name]
+    cls = entry.load()
+    method = isinstance(cls, type) and issubclass(cls, Aggregator)
+    if not (method and dataclasses.is_dataclass(cls)):
+        raise PluginError(
+            f"the method {name!r} of the package {entry.package} is {entry.value}, which is not "
+            "a dataclass subclassing mtrl.aggregators.Aggregator"
+        )
+    declared = cls.__dict__.get("name", name)
+    if declared != name:
+        raise PluginError(
+            f"the package {entry.package} declares the method {name!r} as {entry.value}, whose "
+            f"class names itself {declared!r}: the two names must agree"
+        )
+    cls.name = name  # the entry point's name is the method's
+    return cls
 
 
 def make_aggregator(name: str, **hparams: Any) -> Aggregator:

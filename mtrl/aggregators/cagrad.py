@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 from mtrl.aggregators.simplex import minimize_on_simplex
 from mtrl.aggregators.tools import uniform
 
@@ -65,7 +65,6 @@ def conflict_averse_update(
     return update / (1.0, 1.0 + c**2, 1.0 + c)[rescale]
 
 
-@register("cagrad")
 @dataclasses.dataclass
 class CAGrad(Aggregator):
     """``max_d min_i ⟨g_i, d⟩`` subject to ``‖d − g0‖ ≤ c‖g0‖``, solved through its dual
@@ -81,6 +80,10 @@ class CAGrad(Aggregator):
         smoothing: ``‖g_w‖`` is computed as ``sqrt(‖g_w‖² + smoothing²)`` relative to the mean
             gradient norm, which bounds the dual's curvature where ``g_w`` vanishes.
     """
+
+    name = "cagrad"
+
+    scale_invariant = True
 
     c: float = 0.9
     rescale: int = 1

@@ -11,12 +11,11 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import normalized_gram, register
+from mtrl.aggregators.base import normalized_gram
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual, conflict_averse_update
 from mtrl.aggregators.tools import Seeded, check_count
 
 
-@register("cagrad-fast")
 @dataclasses.dataclass
 class FastCAGrad(Seeded, CAGrad):
     """Each call shuffles the tasks into n groups: n − 1 single tasks and one group holding the
@@ -39,6 +38,8 @@ class FastCAGrad(Seeded, CAGrad):
         seed: seeds the grouping generator; ``None`` draws it from torch's global generator.
     """
 
+    name = "cagrad-fast"
+
     rescale: int = 2
     groups: int = 4
     seed: int | None = None
@@ -53,11 +54,14 @@ class FastCAGrad(Seeded, CAGrad):
         """The ``[n, K]`` float64 grouping matrix A on ``device``; draws from the generator."""
         groups = min(self.groups, size)
         generator = self.generator(torch.device(device))
-        order = torch.randperm(size, generator=generator, device=generator.device)
-        matrix = torch.zeros(groups, size, dtype=torch.float64, device=generator.device)
-        matrix[torch.arange(groups - 1, device=generator.device), order[: groups - 1]] = 1.0
-        matrix[groups - 1, order[groups - 1 :]] = 1.0 / (size - groups + 1)
-        return matrix
+        device = generator.device
+        order = torch.randperm(size, generator=generator, device=device)
+        # the task at position p of the order joins group min(p, n − 1)
+        positions = torch.arange(size, device=device).clamp_max(groups - 1)
+        group_of = torch.empty_like(order).scatter_(0, order, positions)
+        members = torch.arange(groups, device=device)[:, None] == group_of
+        matrix = members.to(torch.float64)
+        return matrix / matrix.sum(dim=1, keepdim=True)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         g = normalized_gram(gram)

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 from mtrl.aggregators.mgda import min_norm_weights
 from mtrl.aggregators.simplex import minimize_on_simplex
 from mtrl.aggregators.tools import safe_divide, uniform
@@ -28,7 +28,6 @@ def cancels_out(gram: Tensor, weights: Tensor, dtype: torch.dtype) -> Tensor:
     return combined <= max(1e-5, 10 * math.sqrt(torch.finfo(dtype).eps)) * lengths
 
 
-@register("conicgrad")
 @dataclasses.dataclass
 class ConicGrad(Aggregator):
     """``max_d min_i ⟨g_i, d⟩`` subject to ``cos(d, g0) ≥ c`` and ``‖d‖ = ‖g0‖``.
@@ -56,6 +55,10 @@ class ConicGrad(Aggregator):
         smoothing: the norms inside ``h`` are computed as ``sqrt(x² + smoothing²)`` relative to
             the mean gradient norm, which bounds the dual's curvature where they vanish.
     """
+
+    name = "conicgrad"
+
+    scale_invariant = True
 
     c: float = 0.5
     smoothing: float = 1e-6

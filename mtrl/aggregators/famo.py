@@ -11,10 +11,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, register
+from mtrl.aggregators.base import Aggregator
 
 
-@register("famo")
 @dataclasses.dataclass
 class FAMO(Aggregator):
     """With ``z = softmax(ξ)``, the update is the gradient of ``Σ_i z_i log ℓ_i``: task weights
@@ -37,6 +36,8 @@ class FAMO(Aggregator):
         eps: added to the losses before division and logarithm.
     """
 
+    name = "famo"
+
     lr: float = 0.025
     gamma: float = 0.01
     eps: float = 1e-8
@@ -46,6 +47,7 @@ class FAMO(Aggregator):
     needs_gram: ClassVar[bool] = False
     loss_based: ClassVar[bool] = True
     requires_positive_losses: ClassVar[bool] = True
+    scale_invariant: ClassVar[bool] = True
     betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
 
     def __post_init__(self) -> None:

@@ -12,10 +12,12 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
+from mtrl.aggregators.tools import geometric
 
-# Ridges tried, in units of the configured one, smallest first (see ridge_inverse).
-RIDGE_STEPS = (1.0, 1e2, 1e4, 1e6)
+# Ridges tried, in units of the configured one, smallest first (see ridge_inverse): 1, 100,
+# 1e4 and 1e6.
+RIDGE_TRIES, RIDGE_GROWTH = 4, 100.0
 # The least length of an α-weighted update, as a fraction of the plain update's.
 KEPT_LENGTH = 0.25
 
@@ -38,7 +40,7 @@ def keep_length(gram: Tensor, weights: Tensor, plain: Tensor, fraction: float) -
 
 def ridge_inverse(cosines: Tensor, ridge: float) -> Tensor:
     """``(C + εI)⁻¹`` for the float64 cosine matrix ``C``, with the smallest ``ε`` of
-    ``ridge`` × :data:`RIDGE_STEPS` for which ``C + εI`` has a Cholesky factor.
+    ``ridge`` × ``1, 100, 1e4, 1e6`` for which ``C + εI`` has a Cholesky factor.
 
     ``C`` is positive semi-definite in exact arithmetic, but a Gram matrix summed in float32
     can have eigenvalues slightly below zero when the gradients are (nearly) linearly dependent;
@@ -48,7 +50,7 @@ def ridge_inverse(cosines: Tensor, ridge: float) -> Tensor:
     """
     size = cosines.shape[0]
     eye = torch.eye(size, dtype=cosines.dtype, device=cosines.device)
-    ridges = torch.tensor(RIDGE_STEPS, dtype=cosines.dtype, device=cosines.device) * ridge
+    ridges = geometric(RIDGE_TRIES, RIDGE_GROWTH, cosines) * ridge
     factors, info = torch.linalg.cholesky_ex(cosines + ridges[:, None, None] * eye)
     first = (info == 0).to(torch.int32).argmax()  # argmax gives the first of equal maxima
     factor = factors.index_select(0, first.view(1))[0]
@@ -56,7 +58,6 @@ def ridge_inverse(cosines: Tensor, ridge: float) -> Tensor:
     return factor_inverse.T @ factor_inverse
 
 
-@register("gradops")
 @dataclasses.dataclass
 class GradOPS(Aggregator):
     """``g'_i = g_i − Proj_{span{g_j : j≠i}}(g_i)``, update ``Σ_i w_i g'_i``.
@@ -86,6 +87,10 @@ class GradOPS(Aggregator):
             at a time while rounding leaves that matrix indefinite, see :func:`ridge_inverse`).
         eps: floor on ``R_i`` so that ``R_i^α`` stays finite for α < 0.
     """
+
+    name = "gradops"
+
+    scale_invariant = True
 
     alpha: float = 0.0
     ridge: float = 1e-7

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 from mtrl.aggregators.tools import Seeded, safe_divide, visiting_orders
 
 # Floor on sqrt(1 − φ̂²): a target of exactly 1 (reachable by rounding) would ask for an
@@ -21,7 +21,6 @@ from mtrl.aggregators.tools import Seeded, safe_divide, visiting_orders
 _MIN_SINE = 1e-8
 
 
-@register("gradvac")
 @dataclasses.dataclass
 class GradVac(Seeded, Aggregator):
     """For each task i, start from ``g'_i = g_i`` and visit the other tasks j in a random order:
@@ -41,6 +40,10 @@ class GradVac(Seeded, Aggregator):
         seed: seeds the generator of the visiting orders; ``None`` draws it from torch's
             global generator.
     """
+
+    name = "gradvac"
+
+    scale_invariant = True
 
     beta: float = 0.01
     seed: int | None = None

@@ -11,13 +11,11 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import register
 from mtrl.aggregators.cagrad import CAGrad, conflict_averse_dual
 from mtrl.aggregators.mgda import min_norm_weights
 from mtrl.aggregators.tools import safe_divide, uniform
 
 
-@register("imgrad")
 @dataclasses.dataclass
 class IMGrad(CAGrad):
     """CAGrad with the dual ``F(w) = (1.5 − cm) g_wᵀg0 + cm c‖g0‖‖g_w‖``, where
@@ -37,6 +35,8 @@ class IMGrad(CAGrad):
         rescale: 0 leaves ``d`` as is, 1 divides it by ``1 + c²`` (the default), 2 by ``1 + c``.
         smoothing: as in CAGrad, the floor inside ``‖g_w‖`` relative to the mean gradient norm.
     """
+
+    name = "imgrad"
 
     def alignment(self, gram: Tensor) -> Tensor:
         """``cm = cos(g0, g_MGDA)`` for the normalised float64 ``gram`` (0 if either vanishes)."""

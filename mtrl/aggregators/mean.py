@@ -8,15 +8,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, register
+from mtrl.aggregators.base import Aggregator
 
 
-@register("mean")
 @dataclasses.dataclass
 class Mean(Aggregator):
     """``w_i = 1/K``: the gradient of the mean of the task losses."""
 
+    name = "mean"
+
     needs_gram: ClassVar[bool] = False
+    scale_invariant: ClassVar[bool] = True
 
     def weights(self, gram: Tensor | None, losses: Tensor | None = None) -> Tensor:
         like = gram if gram is not None else losses

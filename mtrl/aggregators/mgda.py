@@ -10,13 +10,16 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 from mtrl.aggregators.simplex import minimize_on_simplex
 
 
-def min_norm_weights(gram: Tensor, shift: Tensor | None = None) -> Tensor:
+def min_norm_weights(
+    gram: Tensor, shift: Tensor | None = None, active: Tensor | None = None
+) -> Tensor:
     """``argmin_{w∈Δ} ½‖Jᵀ(w + s)‖²`` for a float64 Gram matrix ``G = J Jᵀ`` and fixed weights
-    ``s`` (none: MGDA's min-norm point; ``λ/K``: SDMGrad's regularised one)."""
+    ``s`` (none: MGDA's min-norm point; ``λ/K``: SDMGrad's regularised one); with ``active`` (a
+    boolean mask), over the weights that are 0 outside it."""
     offset = gram @ shift if shift is not None else torch.zeros_like(gram[0])
 
     def value(w: Tensor) -> Tensor:
@@ -25,10 +28,9 @@ def min_norm_weights(gram: Tensor, shift: Tensor | None = None) -> Tensor:
     def gradient_and_hessian(w: Tensor) -> tuple[Tensor, Tensor]:
         return gram @ w + offset, gram
 
-    return minimize_on_simplex(value, gradient_and_hessian, gram.shape[0], like=gram)
+    return minimize_on_simplex(value, gradient_and_hessian, gram.shape[0], like=gram, active=active)
 
 
-@register("mgda")
 @dataclasses.dataclass
 class MGDA(Aggregator):
     """``w* = argmin_{w∈Δ} wᵀGw``, update ``Jᵀw*``: the shortest vector in the convex hull of
@@ -39,6 +41,10 @@ class MGDA(Aggregator):
     :mod:`mtrl.aggregators.simplex` instead of the paper's Frank–Wolfe iterations; the weights
     sum to 1 (some implementations scale them to sum to K). No hyperparameters.
     """
+
+    name = "mgda"
+
+    scale_invariant = True
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         return min_norm_weights(normalized_gram(gram)).to(gram.dtype)

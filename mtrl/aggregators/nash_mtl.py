@@ -12,17 +12,17 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, register
-from mtrl.aggregators.tools import upload
+from mtrl.aggregators.base import Aggregator
+from mtrl.aggregators.tools import geometric
 
-# Newton steps with a line search over STEP_SIZES. From the start below, 25 steps bring
-# |β_i ((C + εI)β)_i − 1| under 1e-6 on every test matrix, including rank-deficient ones whose
-# β grow to about 1/√ε; the rest is margin (each step is one K×K solve).
+# Newton steps with a line search over the step sizes 2, 1, ½, ..., 2⁻¹⁰ (STEP_SIZES: 12).
+# From the start below, 25 steps bring |β_i ((C + εI)β)_i − 1| under 1e-6 on every test
+# matrix, including rank-deficient ones whose β grow to about 1/√ε; the rest is margin (each
+# step is one K×K solve).
 NEWTON_STEPS = 40
-STEP_SIZES = [2.0**-k for k in range(-1, 11)]
+STEP_SIZES = 12
 
 
-@register("nash-mtl")
 @dataclasses.dataclass
 class NashMTL(Aggregator):
     """``α > 0`` with ``α_i (Gα)_i = 1`` for every task, update ``Jᵀα``.
@@ -48,6 +48,10 @@ class NashMTL(Aggregator):
         ridge: ``ε`` added to the cosine matrix; the equations hold up to ``ε β_i²``.
     """
 
+    name = "nash-mtl"
+
+    scale_invariant = False  # the update's norm is √K whatever the gradients'
+
     ridge: float = 1e-8
 
     def __post_init__(self) -> None:
@@ -65,7 +69,7 @@ class NashMTL(Aggregator):
         beta = torch.where(active, start, 1 / math.sqrt(self.ridge))
         # each Newton step tries the step sizes 2, 1, ½, …, 2⁻¹⁰ together and keeps the one
         # with the least f that stays inside α > 0: a line search without host syncs
-        sizes = upload(torch.tensor(STEP_SIZES, dtype=cosines.dtype), cosines.device)[:, None]
+        sizes = 2 * geometric(STEP_SIZES, 0.5, cosines)[:, None]  # 2, 1, ½, ...
         for _ in range(NEWTON_STEPS):
             gradient = matrix @ beta - 1 / beta
             hessian = matrix + torch.diag(beta.pow(-2))

@@ -10,11 +10,10 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from mtrl.aggregators.base import Aggregator, normalized_gram, register
+from mtrl.aggregators.base import Aggregator, normalized_gram
 from mtrl.aggregators.tools import Seeded, visiting_orders
 
 
-@register("pcgrad")
 @dataclasses.dataclass
 class PCGrad(Seeded, Aggregator):
     """For each task i, visit the other tasks j in a random order; while ``g_i^PC · g_j < 0``
@@ -29,6 +28,10 @@ class PCGrad(Seeded, Aggregator):
         seed: seeds the generator of the visiting orders; ``None`` draws it from torch's global
             generator, so ``torch.manual_seed`` makes runs repeatable.
     """
+
+    name = "pcgrad"
+
+    scale_invariant = True
 
     reduction: str = "mean"
     seed: int | None = None

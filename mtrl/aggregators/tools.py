@@ -1,5 +1,5 @@
-"""Small helpers shared by several aggregators: seeding, checks, the mean's weights, safe
-division."""
+"""Small pieces shared by several aggregators: seeding, checks, the mean's weights, safe
+division, constant ladders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from mtrl.generators import device_exists, moved, restore_generator
 
 
 class Seeded:
@@ -36,13 +38,8 @@ class Seeded:
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The method's generator on ``device``: the first call on another device starts one
-        there, seeded from the current one (so the stream is fixed per device)."""
-        if self._generator.device != torch.device(device):
-            seed = int(
-                torch.randint(2**62, (), generator=self._generator, device=self._generator.device)
-            )
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(seed)
+        there, seeded from the current one's state (so the stream is fixed per device)."""
+        self._generator = moved(self._generator, device)
         return self._generator
 
     def generators(self) -> list[torch.Generator]:
@@ -52,15 +49,13 @@ class Seeded:
         return {"generator": self._generator.get_state(), "device": str(self._generator.device)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = torch.device(state.get("device", "cpu"))
-        if device.type == "cuda" and not torch.cuda.is_available():
-            # A CUDA generator's state means nothing to a CPU one: continue on the CPU from a
-            # seed made of that state, the same every time the checkpoint is loaded.
-            self._generator = torch.Generator()
-            self._generator.manual_seed(int(state["generator"].double().sum().item()))
-            return
-        self._generator = torch.Generator(device=device)
-        self._generator.set_state(state["generator"])
+        # The device the method runs on is known at its first call: until then the generator
+        # stays on the device it was saved from, or on the CPU where that one is missing here.
+        # Either way, a run continued on another device gets the stream that
+        # mtrl.generators.restore_generator gives the replay buffer.
+        saved_on = state.get("device", "cpu")
+        device = saved_on if device_exists(saved_on) else "cpu"
+        self._generator = restore_generator(state["generator"], saved_on, device)
 
 
 def check_count(method: str, field: str, value: Any) -> None:
@@ -88,12 +83,12 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(nonzero, numerator, 0.0) / torch.where(nonzero, denominator, 1.0)
 
 
-def upload(tensor: Tensor, device: torch.device) -> Tensor:
-    """``tensor`` (made on the host, e.g. random draws from a CPU generator) on ``device``.
+def geometric(count: int, ratio: float, like: Tensor) -> Tensor:
+    """``(1, r, r², ..., r^(count − 1))`` in the dtype and on the device of ``like``.
 
-    A copy from ordinary host memory to a GPU waits for the GPU's queue first; from pinned
-    memory it joins the queue like any kernel, so the host never waits.
+    Made on the device from a fill and a running product, not copied from a Python list: inside
+    an update, a copy from the host makes a CUDA device wait, and a CUDA graph cannot capture
+    it. For powers of two (and of 100 in float64) every entry is exact.
     """
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    powers = torch.full((count,), ratio, dtype=like.dtype, device=like.device).cumprod(0)
+    return powers / ratio

@@ -6,7 +6,8 @@ actor's and the temperatures' steps, the target update and the non-finite skip, 
 replays them for every batch with no Python and no launch overhead. What that needs:
 
 - static inputs: each batch is copied into the tensors the graph was recorded with;
-- no host synchronisation inside (``tests/agents/test_no_host_reads.py`` watches for them);
+- no host synchronisation inside, and no data from the host, whose copy a capture cannot hold
+  (``tests/agents/test_no_host_reads.py`` watches for both);
 - optimizers that keep their step counts on the device (``capturable=True``);
 - random numbers from device generators the graph knows: the default CUDA generator (the
   actions' noise) and each method's own (:meth:`mtrl.aggregators.Aggregator.generators`);
@@ -30,7 +31,6 @@ from mtrl.replay import TaskBatch
 # Methods that read the device from the host within a step, which a CUDA graph cannot replay.
 NOT_CAPTURABLE = {
     "aligned-mtl": "it needs the eigenvalues of the Gram matrix, whose check waits for the host",
-    "sdmgrad-os": "it draws a subset of tasks whose size the host reads",
 }
 EAGER_UPDATES = 3
 

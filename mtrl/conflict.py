@@ -183,10 +183,11 @@ class ConflictRecorder:
         self.pending = PendingRows(batch, device)
         size = len(task_names)
         first, second = torch.triu_indices(size, size, offset=1).tolist()
-        self._pairs = (first, second)
         self._pair_labels = [
             f"{task_names[i]}/{task_names[j]}" for i, j in zip(first, second, strict=True)
         ]
+        # on the device once: lists as indices would be copied from the host at every flush
+        self._pairs = torch.triu_indices(size, size, offset=1, device=device)
 
     def add(self, result: Any) -> None:
         """Count one step; a step that was skipped counts in no statistic."""

@@ -18,6 +18,8 @@ from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import Tensor
 
+from mtrl.generators import restore_generator
+
 _STORAGE = ("observations", "next_observations", "actions", "rewards", "terminals")
 
 
@@ -118,11 +120,13 @@ class MultiTaskReplayBuffer(BaseBuffer):
         raise NotImplementedError("MultiTaskReplayBuffer samples with sample_tasks()")
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored transitions (filled rows only, on the CPU), the position, the generator."""
+        """The stored transitions (filled rows only, on the CPU), the position, the generator
+        and its device."""
         state: dict[str, Any] = {
             name: getattr(self, name)[: self.size()].cpu() for name in _STORAGE
         }
         state.update(pos=self.pos, full=self.full, generator=self.generator.get_state())
+        state["device"] = str(self.generator.device)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -135,4 +139,7 @@ class MultiTaskReplayBuffer(BaseBuffer):
                 )
             target[: len(stored)] = stored.to(self.device)
         self.pos, self.full = int(state["pos"]), bool(state["full"])
-        self.generator.set_state(state["generator"])
+        # the saved batches continue on the same device, a stream seeded from them on another;
+        # a state without its device was saved by a buffer on this one
+        saved_on = state.get("device", self.generator.device)
+        self.generator = restore_generator(state["generator"], saved_on, self.device)

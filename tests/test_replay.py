@@ -66,3 +66,14 @@ def test_state_round_trip_continues_the_same_batches():
 def test_empty_buffer_says_so():
     with pytest.raises(ValueError, match="empty replay buffer"):
         filled_buffer(rows=0).sample_tasks(4)
+
+
+def test_a_state_saved_without_its_device_continues_on_this_one():
+    buffer = filled_buffer()
+    state = buffer.state_dict()
+    assert state["device"] == "cpu"
+    del state["device"]  # as checkpoints written before the device was recorded
+    expected = buffer.sample_tasks(8)
+    restored = filled_buffer(rows=0, seed=123)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.sample_tasks(8).observations, expected.observations)

@@ -1,132 +1,98 @@
-"""The update never reads a tensor back to the host, so on a GPU it never waits for one.
+"""The update never reads a tensor back to the host nor takes data from it, so on a GPU it never
+waits for either, and it can be captured.
 
-On a GPU every ``.item()``, ``bool(tensor)``, ``.tolist()`` or ``int(tensor)`` stalls the host
-until the device has caught up, and so do the operators whose result size or error check
-depends on the data (``nonzero``, ``linalg.eigh``, ``linalg.solve`` without ``_ex``, ...).
-These tests run a whole update, batch sampling included, with both kinds watched; CPU tensors
-stand in for the device's.
+These tests run a whole update, batch sampling included, under :func:`mtrl._host_watch.watch_host`:
+the host's reads of tensor values, the operators that make a device wait, and the tensors made
+from host data. CPU tensors stand in for the device's.
 """
-
-import traceback
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtrl.aggregators import available
+from mtrl._host_watch import host_traffic, kinds, watch_host
+from mtrl.aggregators import Mean, available
+from tests.agents.test_architectures import NETWORKS, SMALL
 from tests.agents.test_mtsac import make_model
 
-READS = ("item", "__bool__", "tolist", "__int__", "__float__", "__index__", "numpy")
-# Operators that make a CUDA device wait for the host: a value copied back, a result whose
-# size depends on the data, or a LAPACK-style error check (``_linalg_check_errors`` follows
-# every non-``_ex`` solve or factorisation; ``eigh`` and ``svd`` check internally).
-WAITING_OPERATORS = {
-    "aten::_local_scalar_dense",
-    "aten::_linalg_check_errors",
-    "aten::_linalg_eigh",
-    "aten::_linalg_svd",
-    "aten::nonzero",
-    "aten::is_nonzero",
-    "aten::equal",
-    "aten::masked_select",
-    "aten::_unique2",
-    "aten::unique_consecutive",
-}
-# SDMGrad-OS draws its task sample with a CPU generator on the host, by design: those reads
-# touch host tensors only, never the device's.
-HOST_SIDE = ("sdmgrad.py", "in sample")
+# Aligned-MTL needs the eigenvalues of the Gram matrix: eigh checks them, once per network.
+BY_DESIGN = {"aligned-mtl": {"aten::_linalg_eigh"}}
 
 
-def _on_host_by_design(stack: str) -> bool:
-    return all(marker in stack for marker in HOST_SIDE)
+def trained(**settings):
+    """A model past its warm-up, so that lazily made state (optimizer moments, the methods'
+    own) exists before the watched update."""
+    model = make_model(**settings)
+    model.learn(66)  # two updates after the warm-up of 60 steps
+    return model
 
 
-class WaitingOperators(TorchDispatchMode):
-    """Records every dispatched operator of :data:`WAITING_OPERATORS`, with where it ran."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, str]] = []  # (operator, where it ran)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        if name in WAITING_OPERATORS:
-            stack = "".join(traceback.format_stack())
-            if not _on_host_by_design(stack):
-                self.seen.append((name, stack))
-        return func(*args, **(kwargs or {}))
+@pytest.mark.parametrize("method", available())
+def test_update_reads_nothing_back_and_takes_nothing_from_the_host(method):
+    found = host_traffic(trained(aggregator=method))
+    if method in BY_DESIGN:
+        assert kinds(found) == BY_DESIGN[method], found
+    else:
+        assert found == []
 
 
-def host_reads(model, batch=None):
-    """What a sample (unless ``batch`` is given) and an update read back from the device."""
-    reads = []
-    originals = {name: getattr(torch.Tensor, name) for name in READS}
-
-    def watched(name):
-        def read(self, *args, **kwargs):
-            stack = "".join(traceback.format_stack(limit=3)[:-1])
-            if not _on_host_by_design(stack):
-                reads.append(f"{name}: {stack}")
-            return originals[name](self, *args, **kwargs)
-
-        return read
-
-    for name in READS:
-        setattr(torch.Tensor, name, watched(name))
-    try:
-        with WaitingOperators() as operators:
-            if batch is None:
-                batch = model.replay_buffer.sample_tasks(8)
-            model.update(batch)
-            for recorder in (model.critic_conflicts, model.actor_conflicts):
-                recorder.flush()  # the update's conflict statistics, computed in batches
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-    return reads + [f"{name}: {stack}" for name, stack in operators.seen]
-
-
-EIGENDECOMPOSED = pytest.mark.xfail(
-    strict=True, reason="Aligned-MTL needs the eigenvalues of the Gram matrix: eigh checks them"
-)
-
-
-@pytest.mark.parametrize(
-    "method",
-    [pytest.param(m, marks=EIGENDECOMPOSED) if m == "aligned-mtl" else m for m in available()],
-)
-def test_update_reads_nothing_back(method):
-    model = make_model(aggregator=method)
-    model.learn(150)
-    assert host_reads(model) == []
-
-
-def test_the_watch_sees_an_eigendecomposition_and_a_checked_solve():
-    with WaitingOperators() as operators:
-        matrix = torch.eye(3, dtype=torch.float64)
-        torch.linalg.eigh(matrix)
-        torch.linalg.solve(matrix, matrix)
-        torch.linalg.solve_ex(matrix, matrix)  # no check: no wait
-    assert [name for name, _ in operators.seen] == [
-        "aten::_linalg_eigh",
-        "aten::_linalg_check_errors",
-    ]
+@pytest.mark.parametrize("network", NETWORKS)
+def test_every_network_updates_without_the_host(network):
+    policy = {"net_arch": [16, 16], "network": network, "network_options": SMALL.get(network, {})}
+    model = trained(aggregator="gradops", policy_kwargs=policy)
+    assert model.policy.network == network
+    assert host_traffic(model) == []
 
 
 @pytest.mark.parametrize(
     "settings",
     [
         {"per_task_gradients": "vmap"},
+        {"per_task_gradients": "gram", "gram_update": "backward"},
         {"policy_kwargs": {"net_arch": [32, 32], "optimizer": "adatask", "multi_head": True}},
     ],
-    ids=["vmap", "adatask-multi-head"],
+    ids=["vmap", "gram-first-backward", "adatask-multi-head"],
 )
 def test_other_paths_read_nothing_back(settings):
-    model = make_model(**settings)
-    model.learn(150)
+    model = trained(**settings)
     batch = model.replay_buffer.sample_tasks(8)
-    assert host_reads(model, batch) == []
+    assert host_traffic(model, batch) == []
     # a non-finite batch is skipped on the device too
     poisoned = batch._replace(rewards=torch.full_like(batch.rewards, torch.nan))
-    assert host_reads(model, poisoned) == []
+    assert host_traffic(model, poisoned) == []
     assert int(model.skipped_updates["critic"]) == 1
+
+
+def test_the_watch_sees_each_kind_of_wait_and_of_host_data():
+    matrix = torch.eye(3, dtype=torch.float64)
+    with watch_host() as found:
+        torch.linalg.eigh(matrix)
+        torch.linalg.solve(matrix, matrix)
+        torch.linalg.solve_ex(matrix, matrix)  # no check: no wait
+        matrix.sum() * 2.0  # a Python number is an argument of the kernel, not host data
+        torch.full((3,), 0.5).cumprod(0)  # made on the device: no host data either
+    assert kinds(found) == {"aten::_linalg_eigh", "aten::_linalg_check_errors"}
+    cases = {
+        "Tensor.item": lambda: matrix.sum().item(),
+        "Tensor.__bool__": lambda: bool(matrix.sum() > 0),
+        "aten::nonzero": lambda: matrix.nonzero(),
+        "aten::lift_fresh": lambda: torch.tensor([1.0, 0.5], device=matrix.device),
+        "aten::_pin_memory": lambda: torch.ones(3).pin_memory(),
+    }
+    for kind, action in cases.items():
+        with watch_host() as found:
+            action()
+        assert kind in kinds(found), kind
+        assert "test_no_host_reads.py" in found[0]  # says where it happened
+
+
+def test_a_method_that_builds_its_weights_from_a_list_is_caught(monkeypatch):
+    def from_a_list(self, gram, losses=None):  # the mean's weights, copied from the host
+        size = gram.shape[0]
+        return torch.tensor([1.0 / size] * size, dtype=gram.dtype, device=gram.device)
+
+    monkeypatch.setattr(Mean, "weights", from_a_list)
+    model = trained(aggregator="mean")
+    found = host_traffic(model)
+    assert kinds(found) == {"aten::lift_fresh"}
+    assert len(found) == 2  # once per network
+    assert all("in from_a_list" in line for line in found)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import multiprocessing
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import gymnasium as gym
 import numpy as np
@@ -162,6 +164,10 @@ class BackgroundEvaluation(InlineEvaluation):
 
     ``finished()`` returns the evaluations done so far, oldest first; ``finished(wait=True)``
     waits for all that were asked for.
+
+    If the worker dies (killed, out of memory), a warning says so, and the evaluations it had not
+    finished and all later ones run in this process: their results are the same, only training
+    waits for them. Stopping the run for the loss of a helper process would cost more.
     """
 
     snapshot_device = "cpu"
@@ -169,8 +175,9 @@ class BackgroundEvaluation(InlineEvaluation):
     def __init__(self, spec: BenchmarkSpec, seed: int, episodes: int) -> None:
         self.spec, self.seed, self.episodes = spec, seed, episodes
         self.pending: collections.deque = collections.deque()
+        self.done = []  # evaluations done in this process, once the worker is gone
         # spawn, not fork: a forked child would inherit the parent's threads' locks and CUDA state
-        self.pool = ProcessPoolExecutor(
+        self.pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
@@ -178,19 +185,55 @@ class BackgroundEvaluation(InlineEvaluation):
         )
 
     def submit(self, policy: PolicyFn, vector_step: int) -> None:
-        seed = evaluation_seed(self.seed, vector_step)
-        future = self.pool.submit(_evaluate_in_worker, policy, self.spec, self.episodes, seed)
-        self.pending.append((vector_step, policy, future))
+        if self.pool is not None:
+            seed = evaluation_seed(self.seed, vector_step)
+            try:
+                future = self.pool.submit(
+                    _evaluate_in_worker, policy, self.spec, self.episodes, seed
+                )
+            except BrokenProcessPool as error:
+                self._evaluate_here(error)
+            else:
+                self.pending.append((vector_step, policy, future))
+                return
+        super().submit(policy, vector_step)
 
     def finished(self, wait: bool = False) -> list[tuple[int, EvalResult]]:
         done = []
         while self.pending and (wait or self.pending[0][2].done()):
-            vector_step, _, future = self.pending.popleft()
-            done.append((vector_step, future.result()))
-        return done
+            vector_step, _, future = self.pending[0]
+            try:
+                result = future.result()
+            except BrokenProcessPool as error:
+                self._evaluate_here(error)
+                break
+            self.pending.popleft()
+            done.append((vector_step, result))
+        return done + super().finished()
+
+    def _evaluate_here(self, error: BrokenProcessPool) -> None:
+        """Go on without the worker: evaluate in this process what it had not finished."""
+        warnings.warn(
+            f"the background evaluation worker process died ({error}); evaluations go on in "
+            "the training process, with the same results, while training waits for them",
+            stacklevel=3,
+        )
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = None
+        self.env = make_vector_env(self.spec, self.seed)  # built as the worker built its own
+        while self.pending:
+            vector_step, policy, future = self.pending.popleft()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # it finished before the worker died
+                self.done.append((vector_step, future.result()))
+            else:
+                super().submit(policy, vector_step)
 
     def running(self) -> list[tuple[int, PolicyFn]]:
         return [(vector_step, policy) for vector_step, policy, _ in self.pending]
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.env.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,11 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupt, or not one of ours."""
+
+
+class RunFileError(CheckpointError):
+    """Another file of a run (its config, protocol or finish record) cannot be read. A
+    :class:`CheckpointError` too, so that whatever reports a damaged checkpoint reports it."""
 
 
 class RunWriteError(RuntimeError):
@@ -64,6 +70,22 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             partial.unlink(missing_ok=True)
         raise RunWriteError(f"cannot write {path}: {error.strerror or error}") from error
     return path
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Make ``folder`` if needed and check that a file can be created in it, so that a command
+    refuses an unwritable destination before its work, not after; raises :class:`RunWriteError`
+    naming the folder. (Permission bits alone cannot tell: a read-only file system, or root.)"""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError as error:
+        raise RunWriteError(f"cannot write in {folder}: it is a file, not a folder") from error
+    except OSError as error:
+        raise RunWriteError(f"cannot write in {folder}: {error.strerror or error}") from error
+    return folder
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:

@@ -20,14 +20,17 @@ import numpy as np
 from rliable import library as rly
 from rliable import metrics
 
+from mtrl.checkpoint import RunFileError
 from mtrl.events import RunEvents
-from mtrl.runs import PROTOCOL
+from mtrl.runs import PROTOCOL, read_protocol
 
 # What a result depends on: runs that differ in one of these are not comparable.
 PROTOCOL_KEYS = ("reward_version", "goal_mode", "episode_length", "budget")
 SUCCESS = "eval/success_rate"
 SPEED = "time/env_steps_per_s"
 NETWORKS = ("critic", "actor")
+# What a comparison reads from every run's protocol.
+NEEDED = ("benchmark", "tasks", "method")
 
 
 class ProtocolMismatch(ValueError):
@@ -56,6 +59,15 @@ class Run:
         return self.protocol["method"]["name"]
 
     @property
+    def method_package(self) -> str | None:
+        """The package of a method that is not mtrl's own, as "name version" (runs from before
+        the protocol recorded it are mtrl's)."""
+        source = self.protocol.get("provided_by", {}).get("method")
+        if not source or source["distribution"] == "mtrl":
+            return None
+        return f"{source['distribution']} {source['version']}"
+
+    @property
     def preset(self) -> str | None:
         """The protocol preset the run was started with (``protocol=...``), if any."""
         return self.protocol.get("preset")
@@ -77,13 +89,20 @@ def find_runs(paths: list[Path]) -> list[Path]:
             raise FileNotFoundError(f"no such directory: {path}")
         found += [p.parent for p in sorted(path.rglob(PROTOCOL))]
     if not found:
-        raise FileNotFoundError(f"no mtrl run (a directory with {PROTOCOL}) under {paths}")
+        folders = ", ".join(str(path) for path in paths)
+        raise FileNotFoundError(f"no mtrl run (a directory with {PROTOCOL}) under {folders}")
     return sorted(set(found))
 
 
 def load_run(path: Path) -> Run | None:
     """Read one run; ``None`` if it has not been evaluated yet."""
-    protocol = json.loads((path / PROTOCOL).read_text())
+    remedy = "restore it, or move this run out of the folders compared"
+    protocol = read_protocol(path, remedy)
+    missing = [key for key in NEEDED if key not in protocol]
+    if missing or not isinstance(protocol["method"], dict) or "name" not in protocol["method"]:
+        raise RunFileError(
+            f"{path / PROTOCOL} lacks the run's {', '.join(missing) or 'method name'}; {remedy}"
+        )
     events = RunEvents(path)
     tags, series = events.tags, events.series
     if SUCCESS not in tags:
@@ -186,11 +205,17 @@ class MethodSummary:
     steps_per_s: float | None
     wall_clock_h: float | None
     preset: str = "—"  # the protocol preset of the runs ("mixed" when they differ)
+    package: str | None = None  # of a method not mtrl's own ("mixed" when the runs differ)
 
 
 def _presets(group: list[Run]) -> str:
     names = {run.preset or "—" for run in group}
     return names.pop() if len(names) == 1 else "mixed"
+
+
+def _packages(group: list[Run]) -> str | None:
+    packages = {run.method_package for run in group}
+    return packages.pop() if len(packages) == 1 else "mixed"
 
 
 def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[MethodSummary]:
@@ -235,6 +260,7 @@ def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[MethodSu
                 steps_per_s=float(np.mean(speeds)) if speeds else None,
                 wall_clock_h=float(np.mean(clocks)) / 3600 if clocks else None,
                 preset=_presets(group),
+                package=_packages(group),
             )
         )
     return summaries
@@ -264,7 +290,7 @@ def format_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
             [
                 s.benchmark,
                 s.preset,
-                s.method,
+                s.method if s.package is None else f"{s.method} ({s.package})",
                 str(s.runs),
                 _pm(s.final),
                 _pm(s.best),

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtrl.checkpoint import RunFileError, RunWriteError, check_writable
 from mtrl.compare import ProtocolMismatch, find_runs, format_table, load_run, summarize
 from mtrl.report import write_report
 
@@ -33,14 +34,25 @@ def main(argv: list[str] | None = None) -> None:
         if not runs:
             raise FileNotFoundError(f"none of the {len(found)} runs has been evaluated yet")
         summaries = summarize(runs, reps=args.reps, seed=args.seed)
-    except (FileNotFoundError, ProtocolMismatch) as error:
+        check_writable(args.out)  # before the table, which would otherwise promise a report
+    except (FileNotFoundError, ProtocolMismatch, RunFileError) as error:
         print(f"mtrl-compare: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunWriteError as error:
+        print(f"mtrl-compare: {error}", file=sys.stderr)
+        sys.exit(1)
     waiting = len(found) - len(runs)
     print(format_table(summaries))
     if waiting:
         print(f"({waiting} run(s) not evaluated yet are left out)")
-    report = write_report(runs, summaries, args.out, reps=args.reps, seed=args.seed)
+    try:
+        report = write_report(runs, summaries, args.out, reps=args.reps, seed=args.seed)
+    except OSError as error:  # a full disk while the figures are written
+        print(
+            f"mtrl-compare: cannot write {error.filename or args.out}: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     print(f"wrote {report}")
 
 

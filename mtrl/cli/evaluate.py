@@ -15,17 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from mtrl.agents.mtsac import MTSAC
-from mtrl.checkpoint import CheckpointError, load_state
+from mtrl.agents.saving import migrate
+from mtrl.checkpoint import (
+    CheckpointError,
+    RunWriteError,
+    check_writable,
+    load_state,
+    write_text_atomic,
+)
 from mtrl.cli.settings import ConfigError, integer, resolve_device
 from mtrl.envs.benchmarks import BenchmarkSpec
 from mtrl.envs.evaluation import EvalResult, evaluate
 from mtrl.envs.video import gif_summary, record_videos
 from mtrl.runs import CHECKPOINTS, latest_checkpoint
+from mtrl.tensorboard import reported_writes
 
 
 def find_checkpoint(path: Path) -> tuple[Path, Path]:
@@ -47,12 +55,37 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def check_options(cfg: DictConfig) -> None:
+    """Refuse what cannot be run, before the checkpoint is read and the evaluation starts."""
+    if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
+        raise ConfigError(
+            "checkpoint is required: a checkpoint file, or a run directory for its newest one "
+            "(mtrl-eval checkpoint=runs/mt10/gradops/seed0-...)"
+        )
+    integer("episodes", cfg.episodes, 1)
+    if cfg.seed is not None:
+        integer("seed", cfg.seed, 0)
+    for key in ("progress_bar", "video"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    for key in ("video_width", "video_height"):
+        if integer(key, cfg[key], 2) % 2:  # H.264 encodes even sizes only
+            raise ConfigError(f"{key} must be even (H.264), got {cfg[key]!r}")
+    if cfg.out == "":
+        raise ConfigError("out must name a file, or be null for <run dir>/eval/<checkpoint>.json")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the report that is also written to JSON."""
-    integer("episodes", cfg.episodes, 1)
+    check_options(cfg)
     device = resolve_device(str(cfg.device))
     checkpoint, run_dir = find_checkpoint(Path(cfg.checkpoint))
-    state = load_state(checkpoint)
+    out = Path(cfg.out) if cfg.out else run_dir / "eval" / f"{checkpoint.stem}.json"
+    # where the results go must take them before the evaluation, not after it
+    check_writable(out.parent)
+    if cfg.video:
+        check_writable(run_dir / "videos" / checkpoint.stem)
+    state = migrate(load_state(checkpoint), str(checkpoint))  # refuses a stranger's
     state.pop("replay_buffer", None)  # evaluation needs the policy only
     benchmark = state.get("run_state", {}).get("benchmark")
     if benchmark is None:
@@ -77,28 +110,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "protocol": spec.protocol(),
         **result.to_dict(),
     }
-    out = Path(cfg.out) if cfg.out else run_dir / "eval" / f"{checkpoint.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
     if cfg.video:
         folder = run_dir / "videos" / checkpoint.stem
-        videos = record_videos(
-            lambda obs: model.predict(obs, deterministic=True)[0],
-            spec,
-            seed,
-            folder,
-            width=cfg.video_width,
-            height=cfg.video_height,
-            camera_name=cfg.camera,
-        )
-        with SummaryWriter(str(run_dir)) as writer:
+        try:
+            videos = record_videos(
+                lambda obs: model.predict(obs, deterministic=True)[0],
+                spec,
+                seed,
+                folder,
+                width=cfg.video_width,
+                height=cfg.video_height,
+                camera_name=cfg.camera,
+            )
+        except OSError as error:  # imageio writes the files
+            raise RunWriteError(f"cannot write videos in {folder}: {error}") from error
+        events = f"TensorBoard events in {run_dir}"
+        with reported_writes(events), SummaryWriter(str(run_dir)) as writer:
             for task, video in videos.items():
                 summary = gif_summary(video.frames, f"eval/video/{task}")
                 writer.file_writer.add_summary(summary, model.num_timesteps)
         report["videos"] = {task: str(video.path) for task, video in videos.items()}
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {len(videos)} videos to {folder}")
     return report
 
@@ -110,6 +145,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError, ValueError) as error:
         print(f"mtrl-eval: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunWriteError as error:
+        print(f"mtrl-eval: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mtrl.agents.mtsac import MTSAC
-from mtrl.checkpoint import CheckpointError, load_state
-from mtrl.runs import CONFIG, latest_checkpoint
+from mtrl.checkpoint import CheckpointError, RunWriteError, load_state, write_text_atomic
+from mtrl.runs import latest_checkpoint, read_config
 
 NETWORKS = ("actor", "critic")
 
@@ -42,16 +42,15 @@ def layer_scores(run_dir: Path) -> dict[tuple[str, int], float]:
     return scores
 
 
-def write_experiment(run_dir: Path, chosen: list[tuple[str, int]]) -> Path:
-    """A Hydra experiment with the run's benchmark and agent, and the chosen layers per task."""
-    config = OmegaConf.load(run_dir / CONFIG)
+def write_experiment(run_dir: Path, chosen: list[tuple[str, int]], config: DictConfig) -> Path:
+    """A Hydra experiment with the benchmark and agent of the run's ``config``, and the chosen
+    layers per task."""
     agent = OmegaConf.to_container(config.agent)
     for network in NETWORKS:
         layers = {*agent[f"{network}_task_layers"], *(i for n, i in chosen if n == network)}
         agent[f"{network}_task_layers"] = sorted(layers)
     experiment = {"benchmark": OmegaConf.to_container(config.benchmark), "agent": agent}
     path = run_dir / "recon" / "experiment" / "recon.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
     layers = ", ".join(f"{network} layer {index}" for network, index in chosen)
     header = (
         "# @package _global_\n"
@@ -59,17 +58,19 @@ def write_experiment(run_dir: Path, chosen: list[tuple[str, int]]) -> Path:
         f"# Train with any method: mtrl-train --config-dir {path.parent.parent} experiment=recon"
         " method=<name>\n"
     )
-    path.write_text(header + yaml.safe_dump(experiment, sort_keys=False))
-    return path
+    return write_text_atomic(path, header + yaml.safe_dump(experiment, sort_keys=False))
 
 
-def parse_options(options: list[str]) -> dict[str, str]:
+def parse_options(options: list[str]) -> dict[str, int]:
     parsed = {}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key != "top_k":
             raise ValueError(f"unknown option {option!r}; valid: top_k=<number of layers>")
-        parsed[key] = value
+        try:
+            parsed[key] = int(value)
+        except ValueError:
+            raise ValueError(f"top_k must be a whole number of layers, got {value!r}") from None
     return parsed
 
 
@@ -79,20 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("options", nargs="*", help="top_k=<layers to make task-specific>")
     args = parser.parse_args(argv)
     try:
-        top_k = int(parse_options(args.options).get("top_k", 1))
+        top_k = parse_options(args.options).get("top_k", 1)
+        config = read_config(args.run_dir)
         scores = layer_scores(args.run_dir)
         if not 1 <= top_k <= len(scores):
             raise ValueError(f"top_k must be between 1 and the {len(scores)} shared layers")
+        ranked = sorted(scores, key=scores.get, reverse=True)
+        chosen = ranked[:top_k]
+        path = write_experiment(args.run_dir, chosen, config)
     except (ValueError, CheckpointError) as error:
         print(f"mtrl-recon: {error}", file=sys.stderr)
         sys.exit(2)
-    ranked = sorted(scores, key=scores.get, reverse=True)
-    chosen = ranked[:top_k]
+    except RunWriteError as error:
+        print(f"mtrl-recon: {error}", file=sys.stderr)
+        sys.exit(1)
     print("network  layer  S-conflict score")
     for key in ranked:
         mark = "  <- task-specific" if key in chosen else ""
         print(f"{key[0]:<8} {key[1]:>5}  {scores[key]:16.3f}{mark}")
-    path = write_experiment(args.run_dir, chosen)
     print(f"wrote {path}")
     print(f"train it: mtrl-train --config-dir {path.parent.parent} experiment=recon method=<name>")
 

@@ -14,6 +14,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 NUMERICAL = (
     "tests/aggregators/",
     "tests/agents/",
+    "tests/test_backward.py",
     "tests/test_conflict.py",
     "tests/test_jacobian.py",
     "tests/test_optim.py",

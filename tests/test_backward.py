@@ -7,12 +7,13 @@ import copy
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from mtrl import backward
 from mtrl.agents.mtsac import actor_task_loss, critic_task_loss
 from mtrl.agents.networks import Actor, Critic
 from mtrl.aggregators import available, make_aggregator
 from mtrl.backward import STORE_RATIO, MultiTaskBackward, stores
+from mtrl.testing import LargeTensors
 
 TASKS, BATCH, OBS, ACTIONS = 3, 5, 6, 2
 GRAM_BASED = [m for m in available() if not make_aggregator(m).loss_based]
@@ -94,34 +95,30 @@ def assert_close_in_scale(got, expected, what=""):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale, msg=what)
 
 
-class LargeTensors(TorchDispatchMode):
-    """Records every tensor an operator allocates with at least ``limit`` elements (views of
-    its inputs allocate nothing and are left out)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit, self.seen = limit, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in torch.utils._pytree.tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in torch.utils._pytree.tree_leaves(out):
-            fresh = isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs
-            if fresh and t.numel() >= self.limit:
-                self.seen.append((func._schema.name, tuple(t.shape)))
-        return out
+# Hidden widths at which the Gram-first layers take each path, with a grouped batch of 15 rows:
+# the products of rows while the layer is wider than the batch, tiles of the weight when it is
+# narrower (as at widths 1024 to 4096 with 128 rows per task).
+GRAM_PATHS = {"rows": (64, 64), "tiles": (14, 14)}
 
 
 @pytest.mark.parametrize("kind", ["critic", "actor"])
 @pytest.mark.parametrize("update", ["products", "backward"])
-def test_a_gram_first_step_never_allocates_k_times_a_layer(kind, update):
-    hidden = (64, 64)  # wider than the batch, as in the networks this step is for
-    network, loss_fn, task_inputs, shared_inputs = network_case(kind, [], hidden)
-    largest = max(layer.weight.numel() for layer in network.shared_layers().values())
+@pytest.mark.parametrize("path", list(GRAM_PATHS))
+def test_a_gram_first_step_never_allocates_k_times_a_layer(path, kind, update, monkeypatch):
+    network, loss_fn, task_inputs, shared_inputs = network_case(kind, [], GRAM_PATHS[path])
+    # several tiles to a layer, as 512 columns are at widths above 512
+    monkeypatch.setattr(backward, "TILE_COLUMNS", 4)
+    taken = {}  # output width → whether the Gram matrices came from the rows
+
+    def by_rows(inputs, output_grads):
+        rows = choose(inputs, output_grads)
+        taken.setdefault(output_grads.shape[-1], set()).add(rows)
+        return rows
+
+    choose = backward.by_rows
+    monkeypatch.setattr(backward, "by_rows", by_rows)
+    # K times one member's weight: the per-task gradients of one layer of one critic
+    largest = max(layer.weight[0].numel() for layer in network.shared_layers().values())
     for mode, allowed in (("gram", True), ("grouped", False)):
         watch = LargeTensors(TASKS * largest)
         with watch:
@@ -136,6 +133,8 @@ def test_a_gram_first_step_never_allocates_k_times_a_layer(kind, update):
             )
         # the stored path holds [K, *weight] per-task gradients: the watch sees them
         assert (watch.seen == []) == allowed, (mode, watch.seen)
+    # the hidden layers took the path (the output layer is narrow: tiles at any width)
+    assert taken[GRAM_PATHS[path][0]] == {path == "rows"}
 
 
 def layer_shapes(width_in, width_out, tasks, batch_per_task, members=2):

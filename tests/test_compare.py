@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 
 from mtrl.cli import compare as compare_cli
@@ -62,6 +63,26 @@ def runs_dir(tmp_path):
     return tmp_path / "sweep"
 
 
+def stratified_bootstrap_iqms(scores: np.ndarray, reps: int) -> np.ndarray:
+    """IQMs of ``reps`` resamples of a ``[runs, tasks]`` score matrix, each task's runs drawn
+    with replacement on their own (rliable's stratified bootstrap)."""
+    runs, tasks = scores.shape
+    draws = np.random.default_rng(1).integers(0, runs, size=(reps, runs, tasks))
+    resampled = scores[draws, np.arange(tasks)]
+    return stats.trim_mean(resampled.reshape(reps, -1), 0.25, axis=1)
+
+
+def assert_is_the_bootstrap_interval(scores: np.ndarray, interval) -> None:
+    """``interval`` is the 95% percentile interval of the IQM's stratified bootstrap: its ends
+    are the 2.5% and 97.5% quantiles of an independent bootstrap, to within 1% of probability
+    (the IQMs of a few scores take few distinct values, so a quantile is a step). The scores
+    went through TensorBoard's float32, hence the 1e-6."""
+    iqms = stratified_bootstrap_iqms(scores, 100_000)
+    for end, quantile in zip(interval, (0.025, 0.975), strict=True):
+        assert (iqms < end - 1e-6).mean() <= quantile + 0.01, (end, quantile)
+        assert (iqms <= end + 1e-6).mean() >= quantile - 0.01, (end, quantile)
+
+
 def test_every_number_of_the_summary(runs_dir):
     runs = [load_run(path) for path in find_runs([runs_dir])]
     gradops, mean = summarize(runs, reps=2000, seed=0)
@@ -72,17 +93,33 @@ def test_every_number_of_the_summary(runs_dir):
     assert gradops.best == pytest.approx((0.7, 0.1 / math.sqrt(3)))
     assert mean.final == pytest.approx((0.2, math.sqrt(0.02) / math.sqrt(2)))
     # IQM: the nine per-task finals sorted, two cut at each end, the middle five averaged
-    values = sorted(v for (m, _), (_, finals) in RUNS.items() if m == "gradops" for v in finals)
-    assert values[2:7] == [0.4, 0.5, 0.6, 0.6, 0.8]
-    assert gradops.iqm[0] == pytest.approx(np.mean(values[2:7]))
-    low, high = gradops.iqm[1:]
-    assert min(values) <= low <= gradops.iqm[0] <= high <= max(values)
+    finals = np.array([finals for (m, _), (_, finals) in RUNS.items() if m == "gradops"])
+    assert sorted(finals.flat)[2:7] == [0.4, 0.5, 0.6, 0.6, 0.8]
+    assert gradops.iqm[0] == pytest.approx(stats.trim_mean(finals.flat, 0.25))
+    assert gradops.iqm[0] == pytest.approx(np.mean([0.4, 0.5, 0.6, 0.6, 0.8]))
+    assert_is_the_bootstrap_interval(finals, gradops.iqm[1:])
     assert summarize(runs, reps=2000, seed=0)[0].iqm == gradops.iqm  # seeded: reproducible
     assert gradops.task_success == pytest.approx(
         {"reach-v3": 0.8, "push-v3": 0.6, "pick-place-v3": 0.4}
     )
     assert gradops.steps_per_s == pytest.approx(48.0)
     assert gradops.wall_clock_h == pytest.approx(2.0)
+
+
+def test_the_iqm_interval_resamples_each_tasks_runs_on_their_own(tmp_path):
+    # every seed scored each task alike: each task's resamples are that same score, so the
+    # interval has no width, though the tasks' scores spread from 0 to 1 (pooling all scores
+    # before resampling would give an interval about 0.5 wide)
+    for seed in range(3):
+        write_run(tmp_path, "gradops", seed, [0.1, 0.2, 0.3], [0.0, 0.5, 1.0])
+    (summary,) = summarize([load_run(path) for path in find_runs([tmp_path])], reps=500)
+    assert summary.iqm == pytest.approx((0.5, 0.5, 0.5))
+    # one seed apart on one task: the interval follows the independent bootstrap again
+    write_run(tmp_path, "gradops", 3, [0.1, 0.2, 0.3], [1.0, 0.5, 1.0])
+    (summary,) = summarize([load_run(path) for path in find_runs([tmp_path])])
+    scores = np.array([[0.0, 0.5, 1.0]] * 3 + [[1.0, 0.5, 1.0]])
+    assert summary.iqm[0] == pytest.approx(stats.trim_mean(scores.flat, 0.25))
+    assert_is_the_bootstrap_interval(scores, summary.iqm[1:])
 
 
 def test_pairwise_conflicts_are_averaged_over_time(runs_dir):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtrl.aggregators import NonFiniteGradientError, aggregate, available, make_aggregator
+from tests.aggregators.defining_properties import PROPERTIES
 from tests.strategies import build_jacobian, cosines_with
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -88,22 +89,36 @@ def test_all_gradients_zero(method):
     assert torch.isfinite(weights).all()
 
 
+def test_every_method_has_its_defining_property_checked():
+    assert set(PROPERTIES) == set(METHODS)
+
+
 @pytest.mark.parametrize(
     "shape", [(5, 40), (12, 4)], ids=["rank-deficient", "more-tasks-than-params"]
 )
 def test_rank_deficient_gradients(method, shape):
     tasks, params = shape
-    low_rank = build_jacobian(tasks, 3, seed=2, structure="gaussian") @ torch.randn(
-        3, params, dtype=torch.float64
-    )
+    mixing = torch.randn(3, params, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    low_rank = build_jacobian(tasks, 3, seed=2, structure="gaussian") @ mixing
     jacobian = low_rank if tasks < params else build_jacobian(tasks, params, 2, "gaussian")
     update, weights, _ = aggregate(method, jacobian)
     assert torch.isfinite(update).all() and torch.isfinite(weights).all()
-    if method.name == "gradops":
-        # every gradient lies in the span of the others: nothing is left after projecting
-        largest = jacobian.norm(dim=1).max()
-        assert update.norm() < 1e-5 * largest
-        assert (jacobian @ update).min() >= -1e-6 * largest**2
+    torch.testing.assert_close(update, weights @ jacobian)
+    # what the method promises, checked on the gradients by an independent computation; a
+    # fresh copy of the method replays the random draws of this first call
+    PROPERTIES[method.name](twin(method), jacobian, update, weights)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="IMGrad reads cm = cos(g0, g_MGDA) from a g_MGDA that is rounding noise at a "
+    "Pareto-stationary point, so cm comes out 0 or 1 by chance instead of the documented 0",
+)
+def test_imgrad_takes_no_alignment_at_a_pareto_stationary_point():
+    for seed in (3, 22, 23):  # twelve gradients in four dimensions: zero lies in their hull
+        jacobian = build_jacobian(12, 4, seed, "gaussian")
+        update, weights, _ = aggregate(make_aggregator("imgrad"), jacobian)
+        PROPERTIES["imgrad"](make_aggregator("imgrad"), jacobian, update, weights)
 
 
 @pytest.mark.parametrize("exponent", [-12, -6, 6, 12])

@@ -3,8 +3,15 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from mtrl.agents.mtsac import MTSAC
+from mtrl.checkpoint import load_state
+from mtrl.envs.benchmarks import BenchmarkSpec
 from tests.cli.conftest import read_events
+from tests.envs.rollouts import count_episodes
 
 
 def evaluate(*args, cwd):
@@ -26,6 +33,7 @@ def test_evaluates_a_run_and_writes_the_report_and_videos(mt1_run, tmp_path):
         "video=true",
         "video_width=64",
         "video_height=48",
+        "device=cpu",  # as the episodes counted below: the same actions to the last bit
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -33,7 +41,15 @@ def test_evaluates_a_run_and_writes_the_report_and_videos(mt1_run, tmp_path):
     report = json.loads(out.read_text())
     assert report["episodes"] == 2
     assert set(report["success"]) == set(report["returns"]) == {"reach-v3"}
-    assert 0.0 <= report["mean_success"] <= 1.0
+    # the same policy's episodes, counted by hand on an environment built the same way
+    state = load_state(Path(report["checkpoint"]))
+    model = MTSAC.from_state(state, env=None, device="cpu")
+    spec = BenchmarkSpec(**state["run_state"]["benchmark"])
+    success, returns = count_episodes(
+        lambda obs: model.predict(obs, deterministic=True)[0], spec, 2, report["seed"]
+    )
+    assert report["success"] == success and report["mean_success"] == success["reach-v3"]
+    assert report["returns"] == pytest.approx(returns, rel=1e-5)
     assert report["protocol"]["benchmark"] == "mt1"
     assert report["env_steps"] >= 200
     video = (

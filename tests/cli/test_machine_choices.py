@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from mtrl.cli import train as train_cli
 from mtrl.envs import benchmarks
+from mtrl.runs import CONFIG, checkpoint_path
 from tests.cli.conftest import train_config
 
 
@@ -28,12 +29,37 @@ def test_a_given_strategy_is_kept(monkeypatch):
     assert cfg.benchmark.vector_strategy == "sync"
 
 
-def test_a_restarted_sweep_job_keeps_the_strategy_its_run_started_with(monkeypatch, tmp_path):
-    monkeypatch.setattr(benchmarks, "available_cores", lambda: 16)
+def saved_sync_run(run_dir, checkpoint: bool):
+    """A run directory whose run was started as ``sync``, with or without a checkpoint."""
     saved = OmegaConf.merge(train_config(), {"benchmark": {"vector_strategy": "sync"}})
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
-    # no checkpoint yet: the job starts again, with the same config, and no error
-    assert train_cli.restarted_job(train_config(), tmp_path) is not None
+    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(saved, resolve=True))
+    if checkpoint:
+        path = checkpoint_path(run_dir, 100)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")  # only its name is read before the run loads it
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["afresh", "resumed"])
+def test_a_restarted_sweep_job_keeps_the_strategy_its_run_started_with(
+    checkpoint, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(benchmarks, "available_cores", lambda: 16)
+    fresh = train_cli.with_machine_choices(train_config(), None)
+    assert fresh.benchmark.vector_strategy == "async"  # what this machine picks for a new run
+    saved_sync_run(tmp_path, checkpoint)
+    cfg = train_cli.restarted_job(train_config(), tmp_path)
+    assert (cfg.resume is not None) == checkpoint
+    assert cfg.benchmark.vector_strategy == "sync"
+    # what run() then trains with
+    assert train_cli.with_machine_choices(cfg, None).benchmark.vector_strategy == "sync"
+
+
+def test_a_resumed_run_keeps_the_strategy_it_was_saved_with(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmarks, "available_cores", lambda: 16)
+    saved_sync_run(tmp_path, checkpoint=True)
+    given = {"resume", "total_steps"}
+    cfg = train_cli.resume_config(train_config(f"resume={tmp_path}"), tmp_path, given)
+    assert train_cli.with_machine_choices(cfg, None).benchmark.vector_strategy == "sync"
 
 
 def test_the_protocol_says_whether_the_acting_policy_lags(monkeypatch):

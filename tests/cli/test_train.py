@@ -209,7 +209,6 @@ def test_each_architecture_trains_on_mt10(network, method, mt10_env):
         seed=0,
         device="cpu",
     )
-    before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     model.learn(60 * 10)
     assert model._n_updates == 30
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
@@ -219,17 +218,15 @@ def test_each_architecture_trains_on_mt10(network, method, mt10_env):
         if not name.startswith("critic_target.")
     }
     # Gradients deep in routed or gated networks start very small, so small that Adam with
-    # eps=1e-5 moves those weights by less than a float32 rounding step: what must hold is
-    # that the gradient reaches every parameter, and that the networks as a whole move.
+    # eps=1e-5 moves those weights by less than a float32 rounding step: whether a weight moved
+    # says little. What must hold for every parameter is that the gradient reaches it and that
+    # its network's optimizer steps it at every update, on a first moment that is not zero.
+    optimizers = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
     no_gradient = [name for name, p in trained.items() if p.grad is None or not p.grad.any()]
     assert not no_gradient
-    for prefix in ("actor.", "critic.", "critic_target."):
-        moved = [
-            not torch.equal(before[name], p)
-            for name, p in model.policy.named_parameters()
-            if name.startswith(prefix)
-        ]
-        assert sum(moved) >= len(moved) / 2, prefix
+    for name, p in trained.items():
+        state = optimizers[name.split(".", 1)[0]].state[p]
+        assert int(state["step"]) == model._n_updates and state["exp_avg"].any(), name
 
 
 def test_the_network_group_picks_an_architecture_from_the_command_line(tmp_path):

@@ -197,3 +197,20 @@ def test_same_seed_and_actions_give_identical_observations():
     np.testing.assert_array_equal(rewards_a, rewards_b)
     obs_c, _ = rollout(8, actions)
     assert not np.array_equal(obs_a, obs_c)
+
+
+def test_the_reward_version_changes_the_rewards_and_nothing_else():
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(15, 1, 4)).astype(np.float32)
+    steps = {}
+    for version in ("v1", "v2"):
+        env = make_vector_env(BenchmarkSpec("mt1", "push-v3", reward_version=version), seed=0)
+        first, _ = env.reset()
+        steps[version] = [first] + [env.step(action)[:2] for action in actions]
+        env.close()
+    v1, v2 = steps["v1"], steps["v2"]
+    np.testing.assert_array_equal(v1[0], v2[0])  # the same goal and start
+    for (obs_1, reward_1), (obs_2, reward_2) in zip(v1[1:], v2[1:], strict=True):
+        np.testing.assert_array_equal(obs_1, obs_2)  # the same dynamics
+        assert reward_1[0] != pytest.approx(reward_2[0], rel=1e-3)
+    # v2's rewards are Meta-World's bounded ones
+    assert all(0 <= reward[0] <= 10 for _, reward in v2[1:])

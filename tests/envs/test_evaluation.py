@@ -8,6 +8,7 @@ from mtrl.envs.benchmarks import BenchmarkSpec, make_vector_env
 from mtrl.envs.evaluation import EvalResult, evaluate
 from mtrl.envs.vec_env import MetaWorldVecEnv
 from tests.envs.conftest import MT10_SHORT
+from tests.envs.rollouts import count_episodes
 
 SHORT_REACH = BenchmarkSpec("mt1", "reach-v3", episode_length=20)
 
@@ -28,7 +29,9 @@ def test_zero_policy_reports_per_task_rates_and_returns():
     assert isinstance(result, EvalResult)
     assert result.episodes == 3
     assert list(result.success) == list(result.returns) == ["reach-v3"]
-    assert 0.0 <= result.success["reach-v3"] <= 1.0
+    success, returns = count_episodes(zero_policy, SHORT_REACH, episodes=3, seed=0)
+    assert result.success == success
+    assert result.returns == pytest.approx(returns, rel=1e-6)
     assert result.mean_success == pytest.approx(np.mean(list(result.success.values())))
     assert result.returns["reach-v3"] > 0.0  # Meta-World's shaped rewards are positive
     assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
@@ -40,6 +43,18 @@ def test_scripted_policy_succeeds_on_every_episode():
     result = evaluate(scripted_reach_policy(), BenchmarkSpec("mt1", "reach-v3"), episodes=5, seed=0)
     assert result.success == {"reach-v3": 1.0}
     assert result.mean_success == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")
+def test_the_success_rate_is_the_fraction_of_episodes_that_succeeded():
+    # 60 steps let the scripted policy reach some of the goals and not others
+    spec = BenchmarkSpec("mt1", "reach-v3", episode_length=60)
+    result = evaluate(scripted_reach_policy(), spec, episodes=6, seed=0)
+    success, returns = count_episodes(scripted_reach_policy(), spec, episodes=6, seed=0)
+    assert 0 < success["reach-v3"] < 1
+    assert result.success == success
+    assert result.mean_success == success["reach-v3"]
+    assert result.returns == pytest.approx(returns, rel=1e-6)
 
 
 def test_prebuilt_env_is_reused_and_left_open(mt10_env):

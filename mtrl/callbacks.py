@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,11 @@ class EvaluationCallback(VectorStepCallback):
         run_state = self.model.run_state
         for vector_step, result in results:
             run_state["last_success"] = result.mean_success
+            # for the summary a run prints when it ends
+            run_state["last_evaluation"] = {
+                "vector_step": vector_step,
+                "success": {task: float(rate) for task, rate in result.success.items()},
+            }
             best = max(run_state.get("best_success", 0.0), result.mean_success)
             run_state["best_success"] = best
             self.logger.record("eval/success_rate", result.mean_success)
@@ -165,32 +172,98 @@ class CheckpointCallback(VectorStepCallback):
         prune_checkpoints(self.run_dir, self.keep)
 
 
-class ProgressBarCallback(BaseCallback):
-    """Environment steps, steps per second and the last evaluated success rate."""
+class TrainingEta:
+    """The time left, from the rate of the update phase alone.
 
-    def __init__(self, total_env_steps: int) -> None:
+    The random warm-up steps the environments several times faster than the updates that
+    follow it, so a rate averaged over both promises an end hours too early. Until the first
+    update there is no rate to go by; after it, the rate counts the steps and the time since
+    the update phase started in this process (a resumed run's earlier rate is not known).
+    """
+
+    def __init__(self, total: int, learning_starts: int, clock: Callable[[], float]) -> None:
+        self.total, self.learning_starts, self.clock = total, learning_starts, clock
+        self._start: tuple[int, float] | None = None  # (steps, time) the update phase began at
+
+    def warming_up(self, steps: int) -> bool:
+        return steps < self.learning_starts
+
+    def seconds_left(self, steps: int) -> float | None:
+        """Seconds to the end of the budget, or ``None`` while it cannot be told yet."""
+        if self.warming_up(steps):
+            return None
+        now = self.clock()
+        if self._start is None:
+            self._start = (steps, now)
+            return None
+        done, elapsed = steps - self._start[0], now - self._start[1]
+        if done <= 0 or elapsed <= 0:
+            return None
+        return (self.total - steps) * elapsed / done
+
+
+def format_duration(seconds: float) -> str:
+    """``2 h 05 min``, ``4 min 10 s`` or ``12 s``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class ProgressBarCallback(BaseCallback):
+    """Environment steps, the phase (random warm-up or training), the time left and the last
+    evaluated success rate.
+
+    tqdm's own estimate is left out: it averages the warm-up's rate in (see
+    :class:`TrainingEta`).
+    """
+
+    BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+    def __init__(self, total_env_steps: int, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.total = total_env_steps
+        self.clock = clock
         self.bar: tqdm | None = None
+        self.eta: TrainingEta | None = None
 
     def _on_training_start(self) -> None:
+        self.eta = TrainingEta(self.total, self.model.learning_starts, self.clock)
         self.bar = tqdm(
             total=self.total,
             initial=self.num_timesteps,
             unit="step",
             unit_scale=True,
             dynamic_ncols=True,
-            desc="env steps",
+            bar_format=self.BAR,
             # a log file (a cluster job's stderr) gets a line a minute, not ten a second
             mininterval=0.1 if sys.stderr.isatty() else 60,
+            delay=1e-9,  # drawn first with the phase below, not without it
         )
+        self._describe(self.num_timesteps)
 
     def _on_step(self) -> bool:
         self.bar.update(self.training_env.num_envs)
-        last = self.model.run_state.get("last_success")
-        if last is not None and self.bar.postfix != f"success={last:.2f}":
-            self.bar.set_postfix_str(f"success={last:.2f}", refresh=False)
+        self._describe(self.model.num_timesteps)
         return True
+
+    def _describe(self, steps: int) -> None:
+        if self.eta.warming_up(steps):
+            desc = f"warm-up, random actions to {self.eta.learning_starts:,} steps"
+            left = "time left known once training starts"
+        else:
+            desc = "training"
+            seconds = self.eta.seconds_left(steps)
+            left = "time left: measuring" if seconds is None else f"{format_duration(seconds)} left"
+        parts = [left]
+        last = self.model.run_state.get("last_success")
+        if last is not None:
+            parts.append(f"success={last:.2f}")
+        postfix = ", ".join(parts)  # tqdm puts the comma before it
+        if desc != self.bar.desc or postfix != self.bar.postfix:
+            self.bar.desc, self.bar.postfix = desc, postfix
 
     def _on_training_end(self) -> None:
         self.bar.close()

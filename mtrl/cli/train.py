@@ -27,9 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
 
 from mtrl.agents.mtsac import MTSAC
+from mtrl.agents.saving import migrate
 from mtrl.allocator import retain_freed_memory
 from mtrl.callbacks import (
     CheckpointCallback,
@@ -38,26 +38,31 @@ from mtrl.callbacks import (
     ProgressBarCallback,
 )
 from mtrl.checkpoint import CheckpointError, RunWriteError, load_state, write_text_atomic
-from mtrl.cli import schema
+from mtrl.cli import messages, schema
 from mtrl.cli.settings import ConfigError, TrainSettings, train_settings
 from mtrl.envs.benchmarks import choose_vector_strategy, make_vector_env
 from mtrl.envs.evaluation import BackgroundEvaluation, InlineEvaluation
 from mtrl.envs.vec_env import MetaWorldVecEnv
+from mtrl.plugins import METHODS, network_source, plugin
 from mtrl.runs import (
     CONFIG,
     PROTOCOL,
     describe_earlier,
     latest_checkpoint,
     list_checkpoints,
+    read_config,
     read_finished,
+    read_protocol,
     write_finished,
 )
+from mtrl.tensorboard import run_logger
 
 # Keys that may change when a run is resumed; everything else is the stopped run's own config.
 RESUMABLE_OVERRIDES = ("total_steps", "device", "progress_bar", "verbose", "resume", "threads")
 PACKAGES = ("mtrl", "torch", "metaworld", "mujoco", "gymnasium", "stable-baselines3", "numpy")
 
-schema.register()
+# What kept another package's method or network out (mtrl-train refuses to start then).
+PLUGIN_PROBLEMS = schema.register()
 # `hydra.run.dir` is the stopped run's own directory when `resume` is given.
 OmegaConf.register_new_resolver(
     "or_default", lambda value, default: default if value is None else value, replace=True
@@ -70,6 +75,11 @@ def protocol(settings: TrainSettings) -> dict[str, Any]:
         **settings.benchmark.protocol(),
         "preset": settings.preset,
         "method": {"name": settings.method, **settings.method_kwargs},
+        # the packages the method and the network come from: mtrl, or a plug-in's
+        "provided_by": {
+            "method": plugin(METHODS, settings.method).source(),
+            "network": network_source(settings.agent_kwargs["policy_kwargs"]["network"]),
+        },
         "agent": settings.agent_kwargs,
         "budget": {
             "vector_steps": settings.total_steps,
@@ -115,7 +125,7 @@ def resume_config(cfg: DictConfig, run_dir: Path, given: set[str]) -> DictConfig
             f"a resumed run keeps its own config, so {changed} cannot change; "
             f"only {', '.join(RESUMABLE_OVERRIDES)} can"
         )
-    config = schema.upgrade(OmegaConf.load(saved))
+    config = schema.upgrade(read_config(run_dir))
     for key in sorted(set(given) & set(RESUMABLE_OVERRIDES)):
         config[key] = cfg[key]
     config.resume = str(run_dir)
@@ -164,10 +174,14 @@ def run(
     settings = train_settings(cfg)
     set_threads(cfg.threads, jobs)
     state, record = None, protocol(settings)
+    if resuming and not list_checkpoints(run_dir):
+        # Nothing was kept, so nothing is lost by starting the run again.
+        print(messages.start_again(run_dir))
+        cfg, resuming = OmegaConf.merge(cfg, {"resume": None}), False
     if resuming:
         checkpoint = latest_checkpoint(run_dir)
         try:
-            state = load_state(checkpoint)
+            state = migrate(load_state(checkpoint), str(checkpoint))  # refuses a stranger's
         except CheckpointError as error:
             raise CheckpointError(f"{error}; {describe_earlier(checkpoint)}") from error
         done = state["counters"]["num_timesteps"] // settings.benchmark.num_tasks
@@ -177,8 +191,9 @@ def run(
                 "has taken already"
             )
         if (run_dir / PROTOCOL).is_file():
-            previous = json.loads((run_dir / PROTOCOL).read_text())
+            previous = read_protocol(run_dir)
             record["history"] = history(previous, record, done)
+        print(messages.resuming(run_dir, checkpoint, done, settings.total_steps))
     # A resumed run may have been given a larger budget: config and protocol say so.
     resolved = OmegaConf.to_yaml(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
     write_text_atomic(run_dir / CONFIG, resolved)
@@ -208,9 +223,7 @@ def run(
                 **settings.agent_kwargs,
             )
             model.run_state["benchmark"] = dataclasses.asdict(spec)
-        # TensorBoard only: its event files add up across resumes, a CSV would be overwritten.
-        formats = ["tensorboard"] + (["stdout"] if cfg.verbose else [])
-        model.set_logger(configure(str(run_dir), formats))
+        model.set_logger(run_logger(run_dir, stdout=bool(cfg.verbose)))
         if not resuming:
             text = ("stdout", "log", "csv", "json")  # text goes to TensorBoard only
             model.logger.record(
@@ -240,11 +253,13 @@ def run(
                 callback=CallbackList([*own, *callbacks]),
                 reset_num_timesteps=not resuming,
             )
-        if model.stop_requested:
-            steps = model.num_timesteps // spec.num_tasks
-            print(f"stopped at vector step {steps}; resume: mtrl-train resume={run_dir}")
-        else:
+        if not model.stop_requested:
             write_finished(run_dir, settings.total_steps, model.num_timesteps)
+        steps = model.num_timesteps // spec.num_tasks
+        summary = messages.summary(
+            run_dir, model.run_state, steps, settings.total_steps, model.stop_requested
+        )
+        print(summary, flush=True)
         return model
     finally:
         stop.restore()  # the signals' own handlers again, also after a failure
@@ -258,10 +273,13 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
     Returns ``None`` when that run finished its budget (skip it), else the config to run with:
     resumed from its newest checkpoint, or started afresh if it stopped before the first one.
     """
-    saved = OmegaConf.to_container(schema.upgrade(OmegaConf.load(run_dir / CONFIG)))
+    saved = OmegaConf.to_container(schema.upgrade(read_config(run_dir)))
     current = OmegaConf.to_container(OmegaConf.merge(cfg, {"resume": None}), resolve=True)
     if current["benchmark"]["vector_strategy"] == "auto":  # the run decided it when it started
-        current["benchmark"]["vector_strategy"] = saved["benchmark"]["vector_strategy"]
+        strategy = saved["benchmark"]["vector_strategy"]
+        current["benchmark"]["vector_strategy"] = strategy
+        # also when it starts afresh: this machine's choice could differ from the saved one
+        cfg = OmegaConf.merge(cfg, {"benchmark": {"vector_strategy": strategy}})
     differing = sorted(
         key
         for key in set(current) | set(saved)
@@ -276,6 +294,7 @@ def restarted_job(cfg: DictConfig, run_dir: Path) -> DictConfig | None:
         print(f"{run_dir} finished its {cfg.total_steps} steps already: skipped")
         return None
     if not list_checkpoints(run_dir):
+        print(messages.start_again(run_dir))
         return cfg
     print(f"{run_dir} stopped before the end: resuming it")
     changed = {key for key in RESUMABLE_OVERRIDES if current.get(key) != saved.get(key)}
@@ -309,6 +328,11 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_config.runtime.output_dir)
     try:
         if cfg.resume is not None:
+            if Path(cfg.resume).resolve() != run_dir.resolve():
+                raise ConfigError(
+                    f"resume={cfg.resume} continues in its own directory, but hydra.run.dir is "
+                    f"{run_dir}: leave hydra.run.dir out, or give it the same directory"
+                )
             given = given_keys(list(hydra_config.overrides.task))
             cfg = resume_config(cfg, Path(cfg.resume), given)
             reason = finished_already(cfg, run_dir)
@@ -327,6 +351,11 @@ def main(cfg: DictConfig) -> None:
     except RunWriteError as error:
         print(f"mtrl-train: {error}; the run's earlier files are intact", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        kept = list_checkpoints(run_dir)
+        after = f"; resume from its last checkpoint: mtrl-train resume={run_dir}" if kept else ""
+        print(f"\nmtrl-train: aborted{after}", file=sys.stderr)
+        sys.exit(130)
 
 
 # Keys that earlier versions took on the command line, and what takes their place. Old config
@@ -339,7 +368,12 @@ REPLACED_KEYS = {
 
 
 def cli() -> None:
-    """``mtrl-train``: refuses replaced keys by name, then hands the command line to Hydra."""
+    """``mtrl-train``: refuses replaced keys by name, and any method or network of another
+    package that cannot be used, then hands the command line to Hydra."""
+    for problem in PLUGIN_PROBLEMS:
+        print(f"mtrl-train: {problem}", file=sys.stderr)
+    if PLUGIN_PROBLEMS:
+        sys.exit(2)
     for argument in sys.argv[1:]:
         key = argument.lstrip("+~").split("=", 1)[0]
         if key in REPLACED_KEYS:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mtrl.checkpoint import load_state
+from mtrl.cli.messages import SET_ASIDE
 from mtrl.runs import FINISHED, checkpoint_path, list_checkpoints, read_finished
 from tests.cli.conftest import tensorboard_scalars
 
@@ -57,6 +58,23 @@ from mtrl.cli.train import main
 sys.argv = ["mtrl-train", *sys.argv[1:]]
 main()
 """
+# Kills the process at its third update, long before its first checkpoint.
+KILL_BEFORE_THE_FIRST_CHECKPOINT = """
+import os, signal, sys
+from mtrl.agents.mtsac import MTSAC
+real_train = MTSAC.train
+def train(self, *args, **kwargs):
+    if self._n_updates == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_train(self, *args, **kwargs)
+MTSAC.train = train
+from mtrl.cli.train import main
+sys.argv = ["mtrl-train", *sys.argv[1:]]
+main()
+"""
+
+# The ways of reaching the end that must end exactly as an uninterrupted run ends.
+WAYS = ["stopped", "ctrl-c", "killed", "killed-early", "crashed", "extended"]
 
 pytestmark = pytest.mark.slow
 
@@ -90,9 +108,10 @@ def interrupt(run_dir: Path, after_checkpoints: int, how: signal.Signals) -> Non
     time.sleep(random.uniform(0, 0.5))
     process.send_signal(how)
     stdout, stderr = process.communicate()
-    if how == signal.SIGTERM:
+    if how in (signal.SIGTERM, signal.SIGINT):
         assert process.returncode == 0, stderr[-3000:]
         assert "stopped at vector step" in stdout
+        assert f"resume:   mtrl-train resume={run_dir}" in stdout
     else:
         assert process.returncode == -signal.SIGKILL
     assert not (run_dir / FINISHED).exists(), "the signal came after the end of training"
@@ -102,9 +121,34 @@ def uninterrupted(run_dir: Path) -> None:
     train(run_dir, *RUN, f"total_steps={2 * HALF}")
 
 
-def stopped_by_sigterm(run_dir: Path) -> None:
+def stopped_by_sigterm(run_dir: Path) -> tuple[str, Path]:
     interrupt(run_dir, after_checkpoints=1, how=signal.SIGTERM)
+    checkpoint = list_checkpoints(run_dir)[-1]
+    return train(run_dir, f"resume={run_dir}").stdout, checkpoint
+
+
+def stopped_by_ctrl_c(run_dir: Path) -> None:
+    interrupt(run_dir, after_checkpoints=1, how=signal.SIGINT)
     train(run_dir, f"resume={run_dir}")
+
+
+def killed_before_the_first_checkpoint(run_dir: Path) -> str:
+    killed = subprocess.run(
+        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=KILL_BEFORE_THE_FIRST_CHECKPOINT),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=run_dir.parent,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not list_checkpoints(run_dir)
+    events = {p.name for p in run_dir.glob("events.out.tfevents.*")}
+    assert len(events) == 1  # the attempt's partial curve
+    resumed = train(run_dir, f"resume={run_dir}")
+    aside = {p.name.replace("discarded", "tfevents") for p in (run_dir / SET_ASIDE).iterdir()}
+    assert aside == events
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # drawn once: the new one
+    return resumed.stdout
 
 
 def killed(run_dir: Path) -> None:
@@ -145,7 +189,9 @@ def runs(tmp_path_factory):
     scenarios = {
         "uninterrupted": uninterrupted,
         "stopped": stopped_by_sigterm,
+        "ctrl-c": stopped_by_ctrl_c,
         "killed": killed,
+        "killed-early": killed_before_the_first_checkpoint,
         "crashed": crashed_while_writing_a_checkpoint,
         "extended": finished_then_extended,
     }
@@ -179,7 +225,7 @@ def final_state(run_dir: Path) -> dict:
     return state
 
 
-@pytest.mark.parametrize("way", ["stopped", "killed", "crashed", "extended"])
+@pytest.mark.parametrize("way", WAYS)
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_ends(runs, way):
     dirs, _ = runs
     assert_identical(final_state(dirs["uninterrupted"]), final_state(dirs[way]))
@@ -189,6 +235,25 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_ends(runs, way):
     for tag in compared:
         assert got[tag] == expected[tag], tag  # every step, every value
     assert read_finished(dirs[way])["total_steps"] == 2 * HALF
+
+
+def test_a_resume_says_where_it_starts_from(runs):
+    dirs, outputs = runs
+    stdout, checkpoint = outputs["stopped"]
+    step = int(checkpoint.stem.removeprefix("step_")) // TASKS  # pruned since, by keep=2
+    expected = (
+        f"resuming {dirs['stopped']}\n  from {checkpoint}\n  at vector step {step} of {2 * HALF}"
+    )
+    assert expected in stdout
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_and_says_so(runs):
+    dirs, outputs = runs
+    assert (
+        f"{dirs['killed-early']} stopped before its first checkpoint: starting it again"
+        in (outputs["killed-early"])
+    )
+    assert "resuming" not in outputs["killed-early"]
 
 
 def test_resuming_a_finished_run_trains_nothing_until_given_a_larger_budget(runs):

@@ -80,4 +80,5 @@ def test_a_sweep_name_reused_with_another_config_is_refused(tmp_path):
         restarted_job(changed, run_dir)
     # a larger budget is not another config: with no checkpoint yet the run starts afresh
     longer = train_config("experiment=smoke", "benchmark=mt1", "total_steps=1000")
-    assert restarted_job(longer, run_dir) is longer
+    started = restarted_job(longer, run_dir)
+    assert started.total_steps == 1000 and started.resume is None

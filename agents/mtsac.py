@@ -462,6 +462,9 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         a callback's ``on_step`` returns False, before that step's transitions are stored.)
         """
         if self.stop_requested:
+            # What is due at this step (an evaluation, a checkpoint) happens first, as in a run
+            # that goes on: a run resumed here starts after it.
+            callback.on_rollout_start()
             return RolloutReturn(0, 0, continue_training=False)
         return super().collect_rollouts(env, callback, *args, **kwargs)
 

@@ -74,7 +74,22 @@ main()
 """
 
 # The ways of reaching the end that must end exactly as an uninterrupted run ends.
-WAYS = ["stopped", "ctrl-c", "killed", "killed-early", "crashed", "extended"]
+WAYS = ["stopped", "ctrl-c", "stopped-at-evaluation", "killed", "killed-early", "crashed"]
+WAYS += ["extended"]
+# Stops right after the updates of vector step 60, where an evaluation is due next.
+STOP_BEFORE_AN_EVALUATION = """
+import sys
+from mtrl.agents.mtsac import MTSAC
+real_train = MTSAC._train
+def _train(self, *args, **kwargs):
+    real_train(self, *args, **kwargs)
+    if self.num_timesteps == 60 * 10:
+        self.stop_requested = True
+MTSAC._train = _train
+from mtrl.cli.train import main
+sys.argv = ["mtrl-train", *sys.argv[1:]]
+main()
+"""
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +144,20 @@ def stopped_by_sigterm(run_dir: Path) -> tuple[str, Path]:
 
 def stopped_by_ctrl_c(run_dir: Path) -> None:
     interrupt(run_dir, after_checkpoints=1, how=signal.SIGINT)
+    train(run_dir, f"resume={run_dir}")
+
+
+def stopped_where_an_evaluation_is_due(run_dir: Path) -> None:
+    stopped = subprocess.run(
+        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=STOP_BEFORE_AN_EVALUATION),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=run_dir.parent,
+    )
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert list_checkpoints(run_dir)[-1] == checkpoint_path(run_dir, 60 * TASKS)
+    assert 60 * TASKS in tensorboard_scalars(run_dir)["eval/success_rate"]  # done before stopping
     train(run_dir, f"resume={run_dir}")
 
 
@@ -190,6 +219,7 @@ def runs(tmp_path_factory):
         "uninterrupted": uninterrupted,
         "stopped": stopped_by_sigterm,
         "ctrl-c": stopped_by_ctrl_c,
+        "stopped-at-evaluation": stopped_where_an_evaluation_is_due,
         "killed": killed,
         "killed-early": killed_before_the_first_checkpoint,
         "crashed": crashed_while_writing_a_checkpoint,

@@ -132,6 +132,18 @@ def interrupt(run_dir: Path, after_checkpoints: int, how: signal.Signals) -> Non
     assert not (run_dir / FINISHED).exists(), "the signal came after the end of training"
 
 
+def run_patched(run_dir: Path, script: str, returncode: int) -> None:
+    """Run the whole budget under ``script`` (mtrl-train with a patch) and check how it ended."""
+    ended = subprocess.run(
+        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=script),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=run_dir.parent,
+    )
+    assert ended.returncode == returncode, ended.stderr[-3000:]
+
+
 def uninterrupted(run_dir: Path) -> None:
     train(run_dir, *RUN, f"total_steps={2 * HALF}")
 
@@ -148,28 +160,14 @@ def stopped_by_ctrl_c(run_dir: Path) -> None:
 
 
 def stopped_where_an_evaluation_is_due(run_dir: Path) -> None:
-    stopped = subprocess.run(
-        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=STOP_BEFORE_AN_EVALUATION),
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=run_dir.parent,
-    )
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    run_patched(run_dir, STOP_BEFORE_AN_EVALUATION, returncode=0)
     assert list_checkpoints(run_dir)[-1] == checkpoint_path(run_dir, 60 * TASKS)
     assert 60 * TASKS in tensorboard_scalars(run_dir)["eval/success_rate"]  # done before stopping
     train(run_dir, f"resume={run_dir}")
 
 
 def killed_before_the_first_checkpoint(run_dir: Path) -> str:
-    killed = subprocess.run(
-        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=KILL_BEFORE_THE_FIRST_CHECKPOINT),
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=run_dir.parent,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_patched(run_dir, KILL_BEFORE_THE_FIRST_CHECKPOINT, returncode=-signal.SIGKILL)
     assert not list_checkpoints(run_dir)
     events = {p.name for p in run_dir.glob("events.out.tfevents.*")}
     assert len(events) == 1  # the attempt's partial curve
@@ -186,14 +184,7 @@ def killed(run_dir: Path) -> None:
 
 
 def crashed_while_writing_a_checkpoint(run_dir: Path) -> None:
-    crash = subprocess.run(
-        command(run_dir, *RUN, f"total_steps={2 * HALF}", script=CRASH_AT_THIRD_CHECKPOINT),
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=run_dir.parent,
-    )
-    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    run_patched(run_dir, CRASH_AT_THIRD_CHECKPOINT, returncode=-signal.SIGKILL)
     partial = checkpoint_path(run_dir, 90 * TASKS)
     assert partial.with_name(partial.name + ".partial").is_file()  # written, never renamed
     assert list_checkpoints(run_dir)[-1] == checkpoint_path(run_dir, 60 * TASKS)

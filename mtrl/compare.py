@@ -1,7 +1,9 @@
 """Comparing methods over seeds from the TensorBoard events of finished and running runs.
 
-Runs are grouped by benchmark and method. A claim such as "GradOPS beats CAGrad on MT10" needs
-runs under one protocol, so runs whose protocols differ are refused, never averaged together.
+Runs are grouped by benchmark and method, and by network too where a benchmark's runs use more
+than one, so that architectures are compared as methods are. A claim such as "GradOPS beats
+CAGrad on MT10" needs runs under one protocol, so runs whose protocols differ are refused, never
+averaged together.
 Aggregates follow rliable (Agarwal et al., NeurIPS 2021): the interquartile mean over runs and
 tasks, with stratified-bootstrap confidence intervals.
 """
@@ -57,6 +59,10 @@ class Run:
     @property
     def method(self) -> str:
         return self.protocol["method"]["name"]
+
+    @property
+    def network(self) -> str | None:
+        return self.protocol.get("agent", {}).get("policy_kwargs", {}).get("network")
 
     @property
     def method_package(self) -> str | None:
@@ -218,12 +224,24 @@ def _packages(group: list[Run]) -> str | None:
     return packages.pop() if len(packages) == 1 else "mixed"
 
 
+def arms(runs: list[Run]) -> list[str]:
+    """What each run is compared as: its method, and its network as well where the runs of its
+    benchmark use more than one network."""
+    networks = defaultdict(set)
+    for run in runs:
+        networks[run.benchmark].add(run.network)
+    return [
+        run.method if len(networks[run.benchmark]) == 1 else f"{run.method} · {run.network}"
+        for run in runs
+    ]
+
+
 def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[MethodSummary]:
-    """One summary per (benchmark, method), in the order benchmark then method name."""
+    """One summary per benchmark and arm (see `arms`), in the order benchmark then arm."""
     check_protocols(runs)
     groups = defaultdict(list)
-    for run in runs:
-        groups[run.benchmark, run.method].append(run)
+    for run, arm in zip(runs, arms(runs), strict=True):
+        groups[run.benchmark, arm].append(run)
     scores = {}
     for (benchmark, method), group in groups.items():
         tasks = group[0].protocol["tasks"]

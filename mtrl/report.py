@@ -12,15 +12,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from rliable import metrics, plot_utils
 
-from mtrl.compare import NETWORKS, MethodSummary, Run, format_table, interval_estimates
+from mtrl.compare import NETWORKS, MethodSummary, Run, arms, format_table, interval_estimates
 
 AGGREGATES = ("IQM", "Mean", "Median", "Optimality gap")
 
 
 def _by_benchmark(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        groups[run.benchmark][run.method].append(run)
+    for run, arm in zip(runs, arms(runs), strict=True):
+        groups[run.benchmark][arm].append(run)
     return {b: dict(sorted(m.items())) for b, m in sorted(groups.items())}
 
 

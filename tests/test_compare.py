@@ -157,6 +157,23 @@ def test_other_benchmarks_are_reported_apart(runs_dir):
     ]
 
 
+def test_runs_of_different_networks_are_compared_apart(tmp_path, capsys):
+    for seed, network, finals in [
+        (0, "mlp", [0.2, 0.4, 0.6]),
+        (1, "mlp", [0.4, 0.6, 0.8]),
+        (2, "moore", [1.0, 0.0, 0.5]),
+    ]:
+        network_of = {"policy_kwargs": {"network": network}}
+        write_run(tmp_path / "sweep", "mean", seed, [0.1, 0.2, 0.3], finals, agent=network_of)
+    summaries = summarize([load_run(path) for path in find_runs([tmp_path / "sweep"])])
+    assert [(s.method, s.runs) for s in summaries] == [("mean · mlp", 2), ("mean · moore", 1)]
+    assert list(summaries[0].task_success.values()) == pytest.approx([0.3, 0.5, 0.7])
+    assert list(summaries[1].task_success.values()) == pytest.approx([1.0, 0.0, 0.5])
+    compare_cli.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--reps", "200"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| mt10 | — | mean · moore | 1 |" in report and "| mt10 | — | mean · mlp | 2 |" in report
+
+
 def test_command_line_prints_the_table_and_writes_the_report(runs_dir, tmp_path, capsys):
     (runs_dir / "not-evaluated-yet").mkdir()
     (runs_dir / "not-evaluated-yet" / "protocol.json").write_text(json.dumps(protocol("mean", 5)))

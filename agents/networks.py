@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtrl.jacobian import task_gram
-from mtrl.plugins import network_class, network_options
+from mtrl.plugins import network_class, takes_role
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 INITS = ("torch", "he")
@@ -334,7 +334,7 @@ def _body(
 ) -> nn.Module:
     """The network of an actor or a critic (``role``): the plain (multi-head) MLP on the whole
     input, or one of :mod:`mtrl.agents.architectures` on the state and the task id apart (told
-    its role if it takes a ``role`` option, as BroNet does)."""
+    its role if its constructor takes ``role``, as BroNet's does)."""
     if network in ("mlp", "multi-head"):
         heads = [len(hidden)] if network == "multi-head" else []
         body = EnsembleMLP(
@@ -355,7 +355,7 @@ def _body(
         raise ValueError(f"task-specific layers (Recon's) need network=mlp, not {network!r}")
     options = dict(options or {})
     kind = network_class(network) if isinstance(network, str) else network
-    if "role" in network_options(kind):
+    if takes_role(kind):
         options["role"] = role
     body = architectures.build(
         network,
@@ -370,6 +370,14 @@ def _body(
     )
     body.modular = True
     return body
+
+
+def read_critic_embedding(actor: MultiTaskNetwork, critic: MultiTaskNetwork) -> None:
+    """Point an actor whose network reads the online critic's task embedding (one with a
+    ``read_embedding(critic_network)`` method, as BroNet's) at ``critic``'s."""
+    read_embedding = getattr(actor.net, "read_embedding", None)
+    if read_embedding is not None:
+        read_embedding(critic.net)
 
 
 class MultiTaskNetwork(nn.Module):

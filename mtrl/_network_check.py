@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mtrl._host_watch import watch_host
 from mtrl.agents.mtsac import actor_task_loss, critic_task_loss
-from mtrl.agents.networks import INITS, Actor, Critic
+from mtrl.agents.networks import INITS, Actor, Critic, read_critic_embedding
 from mtrl.aggregators import GradOPS
 from mtrl.backward import MultiTaskBackward
 from mtrl.jacobian import per_task_gradients_grouped, per_task_gradients_loop
@@ -199,6 +199,7 @@ class _Checks:
             network=self.network,
             network_options=self.options,
         ).double()
+        read_critic_embedding(actor, critic)
         frozen = {name: p.detach() for name, p in critic.named_parameters()}
         inputs = (self.obs, self.noise, self.alpha)
         yield "actor", actor, actor_task_loss, inputs, (actor, critic, frozen)

@@ -31,6 +31,9 @@ OWN = "mtrl"
 PLAIN_NETWORKS = ("mlp", "multi-head")
 # What the agent passes every network's constructor, besides the network's own options.
 NETWORK_ARGUMENTS = ("members", "num_tasks", "hidden", "init", "head_bound")
+# Passed only to a network whose constructor names it: "critic" or "actor", for a network that is
+# built differently for each (BroNet's widths, and the actor reading the critic's embedding).
+ROLE = "role"
 _KINDS = {METHODS: "method", NETWORKS: "network"}
 
 
@@ -168,14 +171,19 @@ def network_class(name: str) -> type[nn.Module]:
 
 def network_options(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     """A network's own options: its constructor's keyword parameters beyond those every
-    network takes, by name."""
-    skipped = {"self", "state_dim", "out_dim", *NETWORK_ARGUMENTS}
+    network takes and ``role``, by name."""
+    skipped = {"self", "state_dim", "out_dim", *NETWORK_ARGUMENTS, ROLE}
     return {
         name: parameter
         for name, parameter in inspect.signature(cls).parameters.items()
         if name not in skipped
         and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
     }
+
+
+def takes_role(cls: type[nn.Module]) -> bool:
+    """Whether the network is told if it is the critic's or the actor's (see :data:`ROLE`)."""
+    return ROLE in inspect.signature(cls).parameters
 
 
 def network_source(name: str) -> dict[str, str]:

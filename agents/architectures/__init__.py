@@ -9,6 +9,7 @@ and returns ``[members, ..., out]`` (``members``: the critic ensemble's size, or
 as the JAX Meta-World+ code builds it (rainx0r/metaworld-algorithms, ``metaworld_algorithms/nn``,
 the code behind the published figures): layer inputs, widths, routing, where the ReLUs sit and
 every initialisation. Each ``configs/network/*.yaml`` cites the file and lines it follows.
+BroNet, BRC's network, follows BRC's own code instead (naumix/BiggerRegularizedCategorical).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mtrl.agents.architectures.bronet import BroNet
 from mtrl.agents.architectures.care import CARE
 from mtrl.agents.architectures.common import TaskDense, TaskTable, prefixed
 from mtrl.agents.architectures.film import FiLM
 from mtrl.agents.architectures.moore import MOORE, gram_schmidt
 from mtrl.agents.architectures.paco import PaCo, PaCoLinear
 from mtrl.agents.architectures.soft_modules import SoftModules
-from mtrl.plugins import network_class, network_options
+from mtrl.plugins import ROLE, network_class, network_options
 
 __all__ = [
     "ARCHITECTURES",
     "CARE",
     "MOORE",
+    "BroNet",
     "FiLM",
     "PaCo",
     "PaCoLinear",
@@ -48,6 +51,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "care": CARE,
     "paco": PaCo,
     "film": FiLM,
+    "bronet": BroNet,
 }
 
 
@@ -85,8 +89,9 @@ def build(
     **options,
 ) -> nn.Module:
     """The network ``kind`` (a name in the entry points ``mtrl.networks``, such as those of
-    :data:`ARCHITECTURES`, or a network class) with its own ``options``."""
-    check_options(kind, options)
+    :data:`ARCHITECTURES`, or a network class) with its own ``options`` (and ``role``, for a
+    network that takes it)."""
+    check_options(kind, {name: value for name, value in options.items() if name != ROLE})
     return (network_class(kind) if isinstance(kind, str) else kind)(
         state_dim,
         out_dim,

@@ -18,6 +18,7 @@ from mtrl.aggregators import available, make_aggregator
 from mtrl.aggregators.base import aggregator_class
 from mtrl.cli.schema import Each, Interval, OneOf, TrainConfig
 from mtrl.cli.settings import ConfigError, train_settings
+from mtrl.plugins import network_options
 from tests.cli.conftest import train_config
 
 WRONG_TYPE = {int: "abc", float: "abc", bool: "maybe", list: "abc"}
@@ -167,7 +168,7 @@ def test_a_bad_method_value_ends_the_command_line_with_its_message_and_no_traceb
 
 def network_cases():
     for name in ARCHITECTURES:
-        for option, spec in inspect.signature(ARCHITECTURES[name]).parameters.items():
+        for option, spec in network_options(ARCHITECTURES[name]).items():
             if spec.default is not inspect.Parameter.empty:
                 yield pytest.param(name, option, id=f"{name}.{option}")
 

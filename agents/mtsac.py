@@ -11,7 +11,7 @@ log-α per task, target entropy −|A|.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -48,15 +48,22 @@ TASK_LOSS_WEIGHTS = ("none", "temperature")
 # The critics' loss (agent.critic_loss): the squared TD error, or BRC's cross-entropy with a
 # projected target distribution (mtrl.agents.categorical).
 CRITIC_LOSSES = ("mse", "categorical")
+# One temperature per task (SAC's multi-task recipes), or one for all tasks (BRC's).
+TEMPERATURES = ("per_task", "shared")
+# What the temperature's loss differentiates: log α, as SAC, or α itself, as BRC, whose
+# gradient is then α times SAC's.
+ALPHA_LOSSES = ("log_alpha", "alpha")
 # Vector steps of uniform random actions before learning, by default (warmstart_steps of
 # rainx0r/metaworld-algorithms and rainx0r/mtrl).
 WARMUP_VECTOR_STEPS = 4000
 
 __all__ = [
+    "ALPHA_LOSSES",
     "CRITIC_LOSSES",
     "GRADIENT_MODES",
     "MTSAC",
     "TASK_LOSS_WEIGHTS",
+    "TEMPERATURES",
     "actor_task_loss",
     "categorical_actor_task_loss",
     "categorical_critic_task_loss",
@@ -153,7 +160,13 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             ``None``: :data:`WARMUP_VECTOR_STEPS` per task (the JAX recipes' warm-up), so that
             MT50 gets as many per task as MT10.
         initial_alpha: starting temperature of every task.
-        target_entropy: ``"auto"`` for −|A|.
+        target_entropy: ``"auto"`` for −``target_entropy_scale`` · |A|.
+        target_entropy_scale: the scale of the automatic target entropy (BRC: 0.5).
+        temperature: ``"per_task"``, one temperature per task, or ``"shared"``, one for all
+            (BRC's), trained on every task's entropy.
+        alpha_betas: the temperatures' Adam betas (BRC: b1 = 0.5).
+        alpha_loss: ``"log_alpha"``, SAC's ``−log α · (log π + H̄)``, or ``"alpha"``, BRC's
+            ``α · (H − H̄)`` (jaxrl/agent/update.py ``update_temperature``).
         per_task_gradients: how per-task gradients are had (:data:`mtrl.backward.GRADIENT_MODES`):
             ``"auto"`` stores each shared layer's where small and forms the rest Gram-first,
             never holding a ``[K, P]`` tensor; ``"none"`` is one backward pass of the weighted
@@ -205,6 +218,10 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         gradient_steps: int = 1,
         initial_alpha: float = 1.0,
         target_entropy: str | float = "auto",
+        target_entropy_scale: float = 1.0,
+        temperature: str = "per_task",
+        alpha_betas: Sequence[float] = (0.9, 0.999),
+        alpha_loss: str = "log_alpha",
         per_task_gradients: str = "auto",
         gram_update: str = "products",
         recon_threshold: float = 0.0,
@@ -232,6 +249,16 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         MultiTaskBackward.check(method, per_task_gradients, gram_update)
         if initial_alpha <= 0:
             raise ValueError(f"initial_alpha must be positive, got {initial_alpha}")
+        if not target_entropy_scale > 0:
+            raise ValueError(f"target_entropy_scale must be positive, got {target_entropy_scale}")
+        if temperature not in TEMPERATURES:
+            raise ValueError(f"temperature={temperature!r}; valid: {', '.join(TEMPERATURES)}")
+        if alpha_loss not in ALPHA_LOSSES:
+            raise ValueError(f"alpha_loss={alpha_loss!r}; valid: {', '.join(ALPHA_LOSSES)}")
+        if len(alpha_betas) != 2 or not all(0 <= beta < 1 for beta in alpha_betas):
+            raise ValueError(f"alpha_betas must be two numbers in [0, 1), got {alpha_betas}")
+        self.target_entropy_scale, self.temperature = target_entropy_scale, temperature
+        self.alpha_betas, self.alpha_loss = [float(beta) for beta in alpha_betas], alpha_loss
         self.per_task_gradients, self.gram_update = per_task_gradients, gram_update
         self.recon_threshold = recon_threshold
         self.compile = compile
@@ -319,15 +346,22 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self.critic_target = self.policy.critic_target
         num_tasks = self.policy.num_tasks
         if self.target_entropy == "auto":
-            self.target_entropy = -float(np.prod(self.action_space.shape))
+            self.target_entropy = -self.target_entropy_scale * float(
+                np.prod(self.action_space.shape)
+            )
         self.target_entropy = float(self.target_entropy)
+        temperatures = num_tasks if self.temperature == "per_task" else 1
         self.log_alpha = torch.full(
-            (num_tasks,), math.log(self.initial_alpha), device=self.device, requires_grad=True
+            (temperatures,), math.log(self.initial_alpha), device=self.device, requires_grad=True
         )
         alpha_lr = self.alpha_learning_rate or self.lr_schedule(1)
         # fused: it can skip a non-finite step on the device (see mtrl.backward.step_if_finite)
         self.alpha_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=alpha_lr, eps=self.policy.adam_eps, fused=True
+            [self.log_alpha],
+            lr=alpha_lr,
+            betas=tuple(self.alpha_betas),
+            eps=self.policy.adam_eps,
+            fused=True,
         )
         self.critic_loss_fn, self.actor_loss_fn = critic_task_loss, actor_task_loss
         if self.clip_q_predictions:
@@ -393,12 +427,12 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self.stats.add("train/critic_loss", critic.losses.mean(), weight=critic.finite)
         self.stats.add("train/actor_loss", actor.losses.mean(), weight=actor.finite)
         self.stats.add("train/entropy", -log_probs.mean(), weight=finite(log_probs))
-        self.stats.add("train/alpha", self.log_alpha.detach().exp(), self.task_names)
+        self.stats.add("train/alpha", self.alphas(), self.task_names)
 
     def gradient_step(self, batch: TaskBatch) -> tuple[StepResult, StepResult, Tensor]:
         """The update itself: the critic's, the actor's and the temperatures' steps and the
         target critic's, with no host synchronisation (so that it can be captured)."""
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.alphas()
         with torch.no_grad():
             next_actions, next_log_prob = self.actor(
                 batch.next_observations, torch.randn_like(batch.actions), "grouped"
@@ -420,7 +454,7 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         # from the temperatures before this step's update.
         weights = ()
         if self.task_loss_weights == "temperature":
-            weights = (temperature_task_weights(self.log_alpha),)
+            weights = (temperature_task_weights(self.log_alpha.expand(self.policy.num_tasks)),)
         critic = self.critic_step(
             self.critic_loss_fn,
             (batch.observations, batch.actions, target, *weights),
@@ -434,7 +468,8 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         )
         log_probs = actor.aux[1].detach()
 
-        alpha_loss = -(self.log_alpha * (log_probs + self.target_entropy)).mean()
+        scale = self.log_alpha.exp() if self.alpha_loss == "alpha" else self.log_alpha
+        alpha_loss = -(scale * (log_probs + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad()
         alpha_loss.backward()
         alpha_ok = finite(alpha_loss)
@@ -447,6 +482,10 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
                 list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau
             )
         return critic, actor, log_probs
+
+    def alphas(self) -> Tensor:
+        """Each task's temperature, ``[K]``, without gradient (a shared one repeated)."""
+        return self.log_alpha.detach().exp().expand(self.policy.num_tasks)
 
     @property
     def skipped_updates(self) -> dict[str, int]:

@@ -13,10 +13,10 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 
-from mtrl.agents.networks import Actor, Critic
+from mtrl.agents.networks import Actor, Critic, read_critic_embedding
 from mtrl.optim import AdaTask
 
-OPTIMIZERS = ("adam", "adatask")
+OPTIMIZERS = ("adam", "adamw", "adatask")
 
 
 class MTSACPolicy(BasePolicy):
@@ -29,9 +29,11 @@ class MTSACPolicy(BasePolicy):
         actor_task_layers, critic_task_layers: further layers (0 is the first) with one copy
             per task, e.g. the high-conflict layers that Recon finds.
         n_critics: number of Q-functions (their minimum is used, as in SAC).
-        optimizer: ``"adam"``, or ``"adatask"`` for Adam moments kept per task on the shared
-            parameters (:class:`mtrl.optim.AdaTask`).
+        optimizer: ``"adam"``, ``"adamw"`` (Adam with a decoupled weight decay, BRC's), or
+            ``"adatask"`` for Adam moments kept per task on the shared parameters
+            (:class:`mtrl.optim.AdaTask`).
         adam_eps: Adam's ε (the JAX Meta-World+ and parameter-scaling code use 1e-5).
+        weight_decay: AdamW's decoupled weight decay, on every parameter (BRC: 1e-4).
         critic_outputs: each critic's outputs: 1 (a Q-value), or a categorical critic's atoms.
         log_std_bounds: range of the actor's log standard deviation.
         log_std_bounding: ``"tanh"`` or ``"clamp"`` onto that range (see
@@ -40,7 +42,7 @@ class MTSACPolicy(BasePolicy):
             :class:`mtrl.agents.networks.EnsembleMLP`).
         network: ``"mlp"``, ``"multi-head"`` (as ``multi_head=True``), or one of the
             architectures of :mod:`mtrl.agents.architectures` (``moore``, ``soft-modules``,
-            ``care``, ``paco``, ``film``), with its ``network_options``.
+            ``care``, ``paco``, ``film``, ``bronet``), with its ``network_options``.
     """
 
     actor: Actor
@@ -66,12 +68,18 @@ class MTSACPolicy(BasePolicy):
         network_options: dict[str, Any] | None = None,
         optimizer: str = "adam",
         adam_eps: float = 1e-5,
+        weight_decay: float = 0.0,
         critic_outputs: int = 1,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if weight_decay < 0 or (weight_decay and optimizer != "adamw"):
+            raise ValueError(
+                f"weight_decay={weight_decay!r}: a decoupled weight decay, >= 0, for "
+                f"optimizer='adamw' only (not {optimizer!r})"
+            )
         super().__init__(
             observation_space,
             action_space,
@@ -93,6 +101,7 @@ class MTSACPolicy(BasePolicy):
         self.network_options = dict(network_options or {})
         self.log_std_bounds = tuple(log_std_bounds)
         self.log_std_bounding, self.init, self.adam_eps = log_std_bounding, init, adam_eps
+        self.weight_decay = weight_decay
         self.actor = Actor(
             obs_dim,
             action_dim,
@@ -118,9 +127,7 @@ class MTSACPolicy(BasePolicy):
             outputs=critic_outputs,
         )
         self.critic_outputs = critic_outputs
-        read_embedding = getattr(self.actor.net, "read_embedding", None)
-        if read_embedding is not None:  # an actor that reads the online critic's task embedding
-            read_embedding(self.critic.net)
+        read_critic_embedding(self.actor, self.critic)
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
         self.critic_target.train(False)
@@ -129,6 +136,10 @@ class MTSACPolicy(BasePolicy):
         for network in (self.actor, self.critic):
             if optimizer == "adatask":
                 network.optimizer = AdaTask(network.parameters(), num_tasks, lr=lr, eps=adam_eps)
+            elif optimizer == "adamw":  # BRC's: optax.adamw on every parameter, no mask
+                network.optimizer = torch.optim.AdamW(
+                    network.parameters(), lr=lr, eps=adam_eps, weight_decay=weight_decay, fused=True
+                )
             else:
                 kwargs = dict(self.optimizer_kwargs)
                 if optimizer_class is torch.optim.Adam:
@@ -153,6 +164,7 @@ class MTSACPolicy(BasePolicy):
             network_options=self.network_options,
             optimizer=self.optimizer_name,
             adam_eps=self.adam_eps,
+            weight_decay=self.weight_decay,
             critic_outputs=self.critic_outputs,
         )
         return data

@@ -37,6 +37,12 @@ EARLIER_HYPERPARAMETERS = {
     "clip_q_predictions": False,
     "alpha_learning_rate": None,
     "task_loss_weights": "none",
+    # Before BRC's recipe: squared TD errors, and SAC's temperatures, one per task.
+    "critic_loss": "mse",
+    "temperature": "per_task",
+    "alpha_betas": [0.9, 0.999],
+    "alpha_loss": "log_alpha",
+    "target_entropy_scale": 1.0,
 }
 
 # What format 4 changed in each architecture whose parameters no longer fit (the defaults,
@@ -68,6 +74,7 @@ POLICY_SETTINGS = (
     "init",
     "optimizer",
     "adam_eps",
+    "weight_decay",
 )
 
 

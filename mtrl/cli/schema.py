@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtrl import plugins
 from mtrl.agents.architectures import ARCHITECTURES
-from mtrl.agents.mtsac import CRITIC_LOSSES, TASK_LOSS_WEIGHTS
+from mtrl.agents.mtsac import ALPHA_LOSSES, CRITIC_LOSSES, TASK_LOSS_WEIGHTS, TEMPERATURES
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.agents.saving import EARLIER_HYPERPARAMETERS, EARLIER_POLICY_VALUES
@@ -161,6 +161,7 @@ class AgentConfig:
     log_std_bounding: str = valid("clamp", OneOf(LOG_STD_BOUNDINGS))
     init: str = valid("he", OneOf(INITS))
     adam_eps: float = valid(1e-5, Interval(0, 1, open_low=True))
+    weight_decay: float = valid(0.0, Interval(0, 1))  # optimizer=adamw only (checked in settings)
     max_grad_norm: float | None = valid(1.0, Interval(low=0, open_low=True, optional=True))
     max_q_value: float | None = valid(None, Interval(low=0, open_low=True, optional=True))
     clip_q_predictions: bool = False  # needs max_q_value (checked in settings)
@@ -176,6 +177,10 @@ class AgentConfig:
     warmup_steps: int = valid(4000, Interval(low=0, integer=True))
     gradient_steps: int = valid(1, COUNT)
     initial_alpha: float = valid(1.0, Interval(0, 1e6, open_low=True))
+    temperature: str = valid("per_task", OneOf(TEMPERATURES))
+    alpha_betas: list[float] = valid([0.9, 0.999], Each(Interval(0, 1, open_high=True), least=2))
+    alpha_loss: str = valid("log_alpha", OneOf(ALPHA_LOSSES))
+    target_entropy_scale: float = valid(1.0, Interval(low=0, open_low=True))
     per_task_gradients: str = valid("auto", OneOf(GRADIENT_MODES))
     gram_update: str = valid("products", OneOf(UPDATE_MODES))
     compile: bool = False

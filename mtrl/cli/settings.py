@@ -206,6 +206,13 @@ def agent_kwargs(
             "agent.critic_loss=categorical bounds the values by its support "
             "(agent.categorical.v_max): agent.max_q_value must be null"
         )
+    if len(agent["alpha_betas"]) != 2:
+        raise ConfigError(f"agent.alpha_betas must be [b1, b2], got {agent['alpha_betas']}")
+    if agent["weight_decay"] and optimizer != "adamw":
+        raise ConfigError(
+            f"agent.weight_decay={agent['weight_decay']} is AdamW's decoupled weight decay: "
+            f"it needs optimizer=adamw, not {optimizer}"
+        )
     alpha_lr = agent["alpha_learning_rate"]
     return {
         "learning_rate": float(agent["learning_rate"]),
@@ -217,6 +224,10 @@ def agent_kwargs(
         "learning_starts": agent["warmup_steps"] * num_tasks,
         "gradient_steps": agent["gradient_steps"],
         "initial_alpha": float(agent["initial_alpha"]),
+        "temperature": agent["temperature"],
+        "alpha_betas": [float(beta) for beta in agent["alpha_betas"]],
+        "alpha_loss": agent["alpha_loss"],
+        "target_entropy_scale": float(agent["target_entropy_scale"]),
         "compile": agent["compile"],
         "max_grad_norm": agent["max_grad_norm"],
         "max_q_value": agent["max_q_value"],
@@ -244,6 +255,7 @@ def agent_kwargs(
             "init": agent["init"],
             "optimizer": optimizer,
             "adam_eps": float(agent["adam_eps"]),
+            "weight_decay": float(agent["weight_decay"]),
         },
     }
 

@@ -175,8 +175,13 @@ def test_non_finite_losses_skip_the_update_and_weights_stay_finite(trained):
 
 @pytest.mark.parametrize(
     ("policy_kwargs", "skips"),
-    [({}, True), ({"optimizer": "adatask"}, True), ({"optimizer_kwargs": {"fused": False}}, False)],
-    ids=["fused-adam", "adatask", "plain-adam"],
+    [
+        ({}, True),
+        ({"optimizer": "adatask"}, True),
+        ({"optimizer": "adamw", "weight_decay": 0.1}, True),
+        ({"optimizer_kwargs": {"fused": False}}, False),
+    ],
+    ids=["fused-adam", "adatask", "fused-adamw", "plain-adam"],
 )
 def test_a_skipped_update_changes_nothing_where_the_optimizer_can_skip(policy_kwargs, skips):
     """Fused Adam and AdaTask leave weights and moments as they were (the target critic still
@@ -339,6 +344,73 @@ def test_methods_that_combine_gradients_need_them():
         make_model(aggregator="gradops", per_task_gradients="none")
     with pytest.raises(ValueError, match="valid: auto, grouped, gram, vmap, loop, none"):
         make_model(per_task_gradients="backward")
+
+
+def test_adamw_decays_every_parameter_apart_from_the_adam_step():
+    """Decoupled: one AdamW update with decay λ = 1 moves each critic weight by −lr·w further
+    than the same update without decay, whatever its gradient (the actor's gradient then
+    differs, as it reads the updated critic)."""
+    models, start = {}, None
+    for decay in (0.0, 1.0):
+        policy = {"net_arch": [32, 32], "optimizer": "adamw", "weight_decay": decay}
+        models[decay] = make_model(policy_kwargs=policy)
+        start = start or copy.deepcopy(models[decay].policy.state_dict())
+        models[decay].learn(61)  # the first update comes after 60 steps of warm-up
+        assert models[decay]._n_updates == 1
+    lr = models[0.0].learning_rate
+    decayed, plain = models[1.0].policy.state_dict(), models[0.0].policy.state_dict()
+    for name, before in start.items():
+        if not name.startswith("critic."):
+            continue
+        moved_apart = decayed[name] - plain[name]  # float32 weights: a few rounding steps apart
+        torch.testing.assert_close(moved_apart, -lr * before, rtol=1e-3, atol=1e-7)
+        if name.endswith("weight"):  # the biases start at zero
+            assert moved_apart.abs().max() > 0.5 * lr * before.abs().max(), name
+    with pytest.raises(ValueError, match=r"weight_decay=0.1: .* for optimizer='adamw' only"):
+        make_model(policy_kwargs={"weight_decay": 0.1})
+    loaded = MTSAC.from_state(models[1.0].checkpoint_state(False))
+    assert loaded.critic.optimizer.param_groups[0]["weight_decay"] == 1.0
+
+
+@pytest.mark.parametrize("temperature", ["per_task", "shared"])
+@pytest.mark.parametrize("alpha_loss", ["log_alpha", "alpha"])
+def test_the_temperatures_gradient_is_their_losss(temperature, alpha_loss, monkeypatch):
+    """SAC's loss −log α · (log π + H̄) has the gradient −(log π_k + H̄) / K per task; BRC's
+    α · (H − H̄) the same times α; one shared temperature takes the tasks' mean. The target
+    entropy is −scale · |A|, the betas those given."""
+    model = make_model(
+        temperature=temperature,
+        alpha_loss=alpha_loss,
+        initial_alpha=0.1,
+        target_entropy_scale=0.5,
+        alpha_betas=(0.5, 0.999),
+    )
+    model.learn(70)
+    assert model.log_alpha.shape == ((TASKS,) if temperature == "per_task" else (1,))
+    assert model.target_entropy == -0.5 * 2  # |A| = 2
+    assert model.alpha_optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+    seen = {}
+    real_step = model.alpha_optimizer.step
+
+    def step(*args, **kwargs):
+        seen["log_alpha"] = model.log_alpha.detach().clone()
+        seen["grad"] = model.log_alpha.grad.clone()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(model.alpha_optimizer, "step", step)
+    *_, log_probs = model.gradient_step(model.replay_buffer.sample_tasks(8))
+    gap = log_probs + model.target_entropy  # per task
+    if temperature == "per_task":
+        expected = -gap / TASKS
+    else:
+        expected = -gap.mean(dim=0, keepdim=True)
+    if alpha_loss == "alpha":
+        expected = expected * seen["log_alpha"].exp()
+    torch.testing.assert_close(seen["grad"], expected)
+    assert torch.equal(model.alphas(), model.log_alpha.detach().exp().expand(TASKS))
+    loaded = MTSAC.from_state(model.checkpoint_state(False))
+    assert torch.equal(loaded.log_alpha, model.log_alpha)
+    assert (loaded.temperature, loaded.alpha_loss) == (temperature, alpha_loss)
 
 
 def test_adatask_trains_and_its_moments_are_checkpointed(tmp_path):

@@ -163,7 +163,11 @@ def test_corrupt_checkpoint_names_the_previous_good_one(mt1_run, tmp_path):
         (["total_steps=-5"], "total_steps=-5 is not valid: it must be an integer >= 1"),
         (["device=cuda:7" if not torch.cuda.is_available() else "device=tpu"], "device"),
         (["agent.per_task_gradients=none"], "'gradops' combines per-task gradients"),
-        (["optimizer=sgd"], "optimizer='sgd' is not valid: it must be one of adam, adatask"),
+        (["optimizer=sgd"], "optimizer='sgd' is not valid: it must be one of adam, adamw, adatask"),
+        (
+            ["agent.weight_decay=1e-4"],
+            "agent.weight_decay=0.0001 is AdamW's .* needs optimizer=adamw",
+        ),
         (["agent.critic_task_layers=[5]"], "layer indices from 0 to 3"),
     ],
 )

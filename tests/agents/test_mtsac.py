@@ -413,6 +413,35 @@ def test_the_temperatures_gradient_is_their_losss(temperature, alpha_loss, monke
     assert (loaded.temperature, loaded.alpha_loss) == (temperature, alpha_loss)
 
 
+def test_two_gradient_steps_are_two_single_updates():
+    """gradient_steps=2 at a vector step does what two updates of one step each do: the same
+    weights, moments and temperatures, and conflict statistics averaged over both updates."""
+    models = {}
+    for steps, calls in ((2, [2]), (1, [1, 1])):
+        model = make_model(gradient_steps=steps)
+        model.learn(60)  # the warm-up, no update yet
+        assert model._n_updates == 0
+        for gradient_steps in calls:
+            model.train(gradient_steps, model.batch_size)
+        models[steps] = model
+    two, singles = models[2], models[1]
+    assert two._n_updates == singles._n_updates == 2
+    for name, value in two.policy.state_dict().items():
+        assert torch.equal(value, singles.policy.state_dict()[name]), name
+    for network in ("actor", "critic"):
+        moments = getattr(two, network).optimizer.state_dict()["state"]
+        expected = getattr(singles, network).optimizer.state_dict()["state"]
+        for index, state in moments.items():
+            for key, value in state.items():
+                assert torch.equal(value, expected[index][key]), (network, index, key)
+    assert torch.equal(two.log_alpha, singles.log_alpha)
+    for network in ("critic_conflicts", "actor_conflicts"):
+        logged = getattr(two, network).means()
+        assert logged == getattr(singles, network).means()
+        assert "grad/critic/cos_min" in logged or "grad/actor/cos_min" in logged
+    assert two.stats.pop() == singles.stats.pop()
+
+
 def test_adatask_trains_and_its_moments_are_checkpointed(tmp_path):
     model = make_model(policy_kwargs={"net_arch": [32, 32], "optimizer": "adatask"})
     model.learn(240)

@@ -32,6 +32,8 @@ class TrainingLogs:
     def dump_logs(self) -> None:
         means = self.stats.pop() | self.critic_conflicts.means() | self.actor_conflicts.means()
         skipped = {f"train/skipped_updates/{n}": c for n, c in self.skipped_updates.items()}
+        if self.reset_every:
+            skipped["train/resets"] = self._n_updates // self.reset_every
         for key, value in (means | skipped).items():
             self.logger.record(key, value)
         now, steps, updates = time.perf_counter(), self.num_timesteps, self._n_updates

@@ -35,6 +35,7 @@ from mtrl.agents.logs import TrainingLogs
 from mtrl.agents.networks import Actor, Critic
 from mtrl.agents.overlap import OverlappedUpdates
 from mtrl.agents.policies import MTSACPolicy
+from mtrl.agents.reward_normalization import REWARD_NORMALIZATIONS, RewardNormalizer
 from mtrl.aggregators import make_aggregator
 from mtrl.backward import GRADIENT_MODES, MultiTaskBackward, StepResult, finite, step_if_finite
 from mtrl.capture import capture_update
@@ -193,6 +194,13 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             actor losses by :func:`temperature_task_weights` (the JAX code's
             ``use_task_weights``, from Soft Modularization); the method combines, and
             ``train/`` logs, the weighted losses; the temperatures' loss is not weighted.
+        reward_normalization: ``"none"``, or ``"per_task"``: BRC's division of each task's
+            sampled rewards by the scale of its returns, so that they fit the support
+            ``[−categorical_v_max, categorical_v_max]`` (:mod:`mtrl.agents.reward_normalization`).
+        reset_every: draw the actor's and the critics' weights afresh and zero their optimizers'
+            moments every this many updates (``None``: never, as BRC), as the replay-ratio
+            scaling work does (D'Oro et al., ICLR 2023); the temperatures, the replay buffer
+            and the methods' states are kept. Logged as ``train/resets``.
         overlap_updates: run each step's updates while the environments simulate the next
             step (:mod:`mtrl.agents.overlap`; ``None``: when they step in worker processes).
         Other arguments are those of SB3's off-policy algorithms.
@@ -234,6 +242,8 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         critic_loss: str = "mse",
         categorical_atoms: int = 101,
         categorical_v_max: float = 10.0,
+        reward_normalization: str = "none",
+        reset_every: int | None = None,
         overlap_updates: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
@@ -289,6 +299,15 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
                 )
             support(categorical_atoms, categorical_v_max)  # refuses bad values now
         self.critic_loss = critic_loss
+        if reward_normalization not in REWARD_NORMALIZATIONS:
+            raise ValueError(
+                f"reward_normalization={reward_normalization!r}; valid: "
+                f"{', '.join(REWARD_NORMALIZATIONS)}"
+            )
+        self.reward_normalization = reward_normalization
+        if reset_every is not None and not (isinstance(reset_every, int) and reset_every > 0):
+            raise ValueError(f"reset_every must be a positive number of updates, got {reset_every}")
+        self.reset_every = reset_every
         self.categorical_atoms, self.categorical_v_max = categorical_atoms, categorical_v_max
         super().__init__(
             policy,
@@ -375,6 +394,11 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             self.critic_loss_fn = weighted_by_task(self.critic_loss_fn, task_inputs=3)
             self.actor_loss_fn = weighted_by_task(self.actor_loss_fn, task_inputs=3)
         self.alpha_skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.reward_normalizer = None
+        if self.reward_normalization == "per_task":
+            self.reward_normalizer = RewardNormalizer(
+                num_tasks, self.gamma, self.categorical_v_max, self.device
+            )
         methods = [self._method(network) for network in (self.critic, self.actor)]
         # Loss-based methods (FAMO) take one backward pass per network: no per-task gradients.
         mode = "none" if methods[0].loss_based else self.per_task_gradients
@@ -414,9 +438,32 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         if self.alpha_learning_rate is None:  # else the temperatures keep their own rate
             optimizers.append(self.alpha_optimizer)
         self._update_learning_rate(optimizers)
+        alphas = self.alphas()  # the rewards of every step's batch are normalised with these
         for _ in range(gradient_steps):
-            self.update(self.replay_buffer.sample_tasks(batch_size // self.policy.num_tasks))
-        self._n_updates += gradient_steps
+            batch = self.replay_buffer.sample_tasks(batch_size // self.policy.num_tasks)
+            if self.reward_normalizer is not None:
+                rewards = self.reward_normalizer.normalize(
+                    batch.rewards, alphas, self.target_entropy
+                )
+                batch = batch._replace(rewards=rewards)
+            self.update(batch)
+            self._n_updates += 1
+            if self.reset_every and self._n_updates % self.reset_every == 0:
+                self.reset_networks()
+
+    def reset_networks(self) -> None:
+        """The actor's, the critics' and the target critics' weights drawn afresh as at the
+        start, and their optimizers' moments and step counts zeroed in place (so that a
+        captured update keeps its tensors)."""
+        fresh = self.policy_class(
+            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+        )
+        self.policy.load_state_dict(fresh.state_dict())
+        for network in (self.actor, self.critic):
+            for state in network.optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, Tensor):
+                        value.zero_()
 
     def update(self, batch: TaskBatch) -> None:
         """One gradient step of the critic, the actor and the temperatures on a ``[K, B]`` batch,
@@ -493,6 +540,20 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         counts = (self.critic_step.skipped, self.actor_step.skipped, self.alpha_skipped)
         return dict(zip(("critic", "actor", "alpha"), map(int, counts), strict=True))
 
+    def _store_transition(
+        self,
+        replay_buffer: Any,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray,
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        if self.reward_normalizer is not None:
+            truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+            self.reward_normalizer.observe(reward, dones & ~truncated, truncated)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
     def collect_rollouts(self, env: Any, callback: Any, *args: Any, **kwargs: Any) -> RolloutReturn:
         """SB3's collection of one step, unless a stop was asked for (:attr:`stop_requested`).
 
@@ -520,4 +581,4 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             "statistics": self.stats,
             "critic_conflicts": self.critic_conflicts,
             "actor_conflicts": self.actor_conflicts,
-        }
+        } | ({"reward_normalizer": self.reward_normalizer} if self.reward_normalizer else {})

@@ -27,7 +27,12 @@ from mtrl.checkpoint import CheckpointError, load_state, save_atomic
 FORMAT = "mtrl.MTSAC"
 VERSION = 4
 # Settings that formats 1 and 2 kept only when they were given, with the values they then had.
-EARLIER_POLICY_VALUES = {"log_std_bounding": "tanh", "init": "torch", "adam_eps": 1e-8}
+EARLIER_POLICY_VALUES = {
+    "log_std_bounding": "tanh",
+    "init": "torch",
+    "adam_eps": 1e-8,
+    "weight_decay": 0.0,
+}
 EARLIER_HYPERPARAMETERS = {
     "max_grad_norm": None,
     "max_q_value": None,
@@ -43,6 +48,8 @@ EARLIER_HYPERPARAMETERS = {
     "alpha_betas": [0.9, 0.999],
     "alpha_loss": "log_alpha",
     "target_entropy_scale": 1.0,
+    "reward_normalization": "none",
+    "reset_every": None,
 }
 
 # What format 4 changed in each architecture whose parameters no longer fit (the defaults,

@@ -23,6 +23,7 @@ from mtrl.agents.architectures import ARCHITECTURES
 from mtrl.agents.mtsac import ALPHA_LOSSES, CRITIC_LOSSES, TASK_LOSS_WEIGHTS, TEMPERATURES
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
+from mtrl.agents.reward_normalization import REWARD_NORMALIZATIONS
 from mtrl.agents.saving import EARLIER_HYPERPARAMETERS, EARLIER_POLICY_VALUES
 from mtrl.aggregators import available
 from mtrl.aggregators.base import aggregator_class
@@ -170,6 +171,8 @@ class AgentConfig:
     task_loss_weights: str = valid("none", OneOf(TASK_LOSS_WEIGHTS))
     critic_loss: str = valid("mse", OneOf(CRITIC_LOSSES))  # categorical: not with max_q_value
     categorical: CategoricalConfig = field(default_factory=CategoricalConfig)
+    reward_normalization: str = valid("none", OneOf(REWARD_NORMALIZATIONS))
+    reset_every: int | None = valid(None, Interval(low=1, integer=True, optional=True))
     gamma: float = valid(0.99, Interval(0, 1))
     tau: float = valid(0.005, Interval(0, 1, open_low=True))
     batch_size_per_task: int = valid(128, COUNT)
@@ -223,17 +226,28 @@ class TrainConfig:
 
 # Agent keys that earlier versions did not write, with the values that reproduce what their
 # runs did (not today's defaults, which may be another recipe's): those their checkpoints held.
-EARLIER_AGENT_VALUES = EARLIER_POLICY_VALUES | {
-    key: EARLIER_HYPERPARAMETERS[key]
-    for key in (
-        "gram_update",
-        "max_grad_norm",
-        "max_q_value",
-        "clip_q_predictions",
-        "alpha_learning_rate",
-        "task_loss_weights",
-    )
-}
+EARLIER_AGENT_VALUES = (
+    EARLIER_POLICY_VALUES
+    | {
+        key: EARLIER_HYPERPARAMETERS[key]
+        for key in (
+            "gram_update",
+            "max_grad_norm",
+            "max_q_value",
+            "clip_q_predictions",
+            "alpha_learning_rate",
+            "task_loss_weights",
+            "critic_loss",
+            "reward_normalization",
+            "reset_every",
+            "temperature",
+            "alpha_betas",
+            "alpha_loss",
+            "target_entropy_scale",
+        )
+    }
+    | {"categorical": {"atoms": 101, "v_max": 10.0}}
+)
 
 
 def upgrade(config: DictConfig) -> DictConfig:

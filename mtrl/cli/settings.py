@@ -236,6 +236,8 @@ def agent_kwargs(
         "critic_loss": agent["critic_loss"],
         "categorical_atoms": agent["categorical"]["atoms"],
         "categorical_v_max": float(agent["categorical"]["v_max"]),
+        "reward_normalization": agent["reward_normalization"],
+        "reset_every": agent["reset_every"],
         "recon_threshold": float(agent["recon_threshold"]),
         "per_task_gradients": agent["per_task_gradients"],
         "gram_update": agent["gram_update"],

@@ -400,10 +400,8 @@ def test_the_temperatures_gradient_is_their_losss(temperature, alpha_loss, monke
     monkeypatch.setattr(model.alpha_optimizer, "step", step)
     *_, log_probs = model.gradient_step(model.replay_buffer.sample_tasks(8))
     gap = log_probs + model.target_entropy  # per task
-    if temperature == "per_task":
-        expected = -gap / TASKS
-    else:
-        expected = -gap.mean(dim=0, keepdim=True)
+    # per task: the mean over tasks of −log α_k (…) gives each its 1/K share
+    expected = -gap / TASKS if temperature == "per_task" else -gap.mean(dim=0, keepdim=True)
     if alpha_loss == "alpha":
         expected = expected * seen["log_alpha"].exp()
     torch.testing.assert_close(seen["grad"], expected)

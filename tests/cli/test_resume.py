@@ -27,6 +27,9 @@ RUN = [
     "benchmark=mt10",
     "benchmark.episode_length=40",  # stops fall inside episodes as well as between them
     "method=pcgrad",  # random visiting orders: its generator must continue too
+    # BRC's normaliser: its returns' extremes and the rewards of the episodes in progress
+    "agent.reward_normalization=per_task",
+    "agent.reset_every=50",  # resets near the stops: the networks drawn afresh must continue too
     "agent.net_arch=[32,32]",
     "agent.batch_size_per_task=8",
     "agent.buffer_size_per_task=2000",

@@ -1,5 +1,6 @@
-"""BRC's recipe through the real command line: its network and categorical critics train under
-any method, beside the plain averaged update."""
+"""BRC's recipe (experiment=brc) through the real command line: its network, categorical critics,
+reward normalisation, AdamW and shared temperature train under any method, and the preset holds
+BRC's settings."""
 
 import json
 import math
@@ -8,25 +9,25 @@ import sys
 
 import pytest
 
+from mtrl.cli.settings import train_settings
 from mtrl.runs import list_checkpoints
-from tests.cli.conftest import tensorboard_scalars
+from tests.cli.conftest import tensorboard_scalars, train_config
 
+# experiment=brc, shrunk to a smoke run: everything else is the preset's
 SMALL_BRC = [
-    "experiment=smoke",
-    "network=bronet",
+    "experiment=brc",
     "network.critic_width=32",
     "network.critic_depth=1",
     "network.actor_width=16",
     "network.embedding_width=4",
-    "agent.critic_loss=categorical",
     "agent.categorical.atoms=11",
-    "optimizer=adamw",
-    "agent.weight_decay=1e-4",
-    "agent.temperature=shared",
-    "agent.alpha_loss=alpha",
-    "agent.initial_alpha=0.1",
+    "agent.batch_size_per_task=16",
+    "agent.buffer_size_per_task=2000",
+    "agent.warmup_steps=50",
+    "benchmark.episode_length=100",
     "total_steps=120",
     "eval.every=120",
+    "eval.episodes=1",
     "checkpoint.every=120",
     "threads=1",
     "progress_bar=false",
@@ -34,7 +35,7 @@ SMALL_BRC = [
 
 
 @pytest.mark.parametrize("method", ["gradops", "mean"])
-def test_a_smoke_run_of_bronet_with_categorical_critics(method, tmp_path):
+def test_a_smoke_run_of_the_brc_preset(method, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mtrl.cli.train", *SMALL_BRC, f"method={method}"],
         cwd=tmp_path,
@@ -47,7 +48,8 @@ def test_a_smoke_run_of_bronet_with_categorical_critics(method, tmp_path):
     protocol = json.loads((run_dir / "protocol.json").read_text())
     assert protocol["agent"]["policy_kwargs"]["network"] == "bronet"
     assert protocol["agent"]["critic_loss"] == "categorical"
-    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000000001200.pt"]  # named by env steps
+    # checkpoints are named by env steps: 120 vector steps of 10 tasks
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000000001200.pt"]
     scalars = tensorboard_scalars(run_dir)
     assert set(scalars["eval/success_rate"]) == {1200}
     losses = scalars["train/critic_loss"].values()
@@ -57,3 +59,38 @@ def test_a_smoke_run_of_bronet_with_categorical_critics(method, tmp_path):
     assert "grad/critic/cos_min" in scalars and "grad/actor/cos_min" in scalars
     if method == "gradops":  # its update conflicts with no task, through BroNet as anywhere
         assert set(scalars["grad/critic/update_conflicts"].values()) == {0.0}
+
+
+@pytest.mark.parametrize(("benchmark", "batch"), [("mt10", 1020), ("mt50", 1000), ("mt1", 256)])
+def test_the_preset_holds_brcs_settings(benchmark, batch):
+    settings = train_settings(train_config("experiment=brc", f"benchmark={benchmark}"))
+    agent = settings.agent_kwargs
+    assert settings.method == "mean" and agent["batch_size"] == batch
+    policy = agent["policy_kwargs"]
+    assert policy["network"] == "bronet" and policy["optimizer"] == "adamw"
+    assert policy["network_options"] == {
+        "critic_width": 4096,
+        "critic_depth": 2,
+        "actor_width": 256,
+        "actor_depth": 1,
+        "embedding_width": 32,
+    }
+    assert (policy["weight_decay"], policy["adam_eps"]) == (1e-4, 1e-8)
+    assert (policy["log_std_bounds"], policy["log_std_bounding"]) == ([-10.0, 2.0], "tanh")
+    expected = {
+        "critic_loss": "categorical",
+        "categorical_atoms": 101,
+        "categorical_v_max": 10.0,
+        "reward_normalization": "per_task",
+        "temperature": "shared",
+        "initial_alpha": 0.1,
+        "alpha_betas": [0.5, 0.999],
+        "alpha_loss": "alpha",
+        "target_entropy_scale": 0.5,
+        "max_grad_norm": None,
+        "gradient_steps": 2,
+        "reset_every": None,
+        "max_q_value": None,
+    }
+    assert {key: agent[key] for key in expected} == expected
+    assert train_settings(train_config("experiment=brc", "method=gradops")).method == "gradops"

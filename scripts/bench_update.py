@@ -69,6 +69,11 @@ def make_model(tasks, method, mode, *, device, net, batch_per_task, rows=2000, *
         device=device,
         **options,
     )
+    return fill_replay(model, tasks, rows)
+
+
+def fill_replay(model: MTSAC, tasks: int, rows: int) -> MTSAC:
+    """``model`` with ``rows`` random transitions per task in its replay buffer."""
     generator = np.random.default_rng(0)
     onehot = np.eye(tasks, dtype=np.float32)
     for _ in range(rows):

@@ -2,15 +2,18 @@
 draws them, their optimizers' moments zeroed, and everything else kept."""
 
 import copy
+import csv
 
 import pytest
 import torch
+from stable_baselines3.common.logger import configure
 
 from tests.agents.test_mtsac import make_model
 
 
-def test_a_reset_draws_the_networks_afresh_and_zeroes_their_moments(monkeypatch):
+def test_a_reset_draws_the_networks_afresh_and_zeroes_their_moments(monkeypatch, tmp_path):
     model = make_model(reset_every=5)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
     drawn = {}
     real_reset = type(model).reset_networks
 
@@ -40,6 +43,9 @@ def test_a_reset_draws_the_networks_afresh_and_zeroes_their_moments(monkeypatch)
     assert model.replay_buffer.pos == drawn["buffer"]
     model.learn(9, reset_num_timesteps=False)  # and training goes on from the fresh weights
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    model.dump_logs()
+    logged = list(csv.DictReader((tmp_path / "progress.csv").open()))
+    assert logged[-1]["train/resets"] == "1"
 
 
 @pytest.mark.parametrize("every", [0, -3, 2.5])

@@ -107,10 +107,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["mean", "gradops"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--one", nargs=3, metavar=("NETWORK", "WIDTH", "METHOD"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         network, width, method = args.one
         result = measure(network, int(width) or None, method, args.device, args.repeats)
@@ -122,6 +125,7 @@ def main() -> None:
         for method in args.methods:
             command = [sys.executable, __file__, "--one", network, str(width), method]
             command += ["--device", args.device, "--repeats", str(args.repeats)]
+            command += ["--threads", str(args.threads)] if args.threads else []
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[network, width, method] = json.loads(output.splitlines()[-1])
             print(f"measured {network} {width or ''} {method}", file=sys.stderr, flush=True)

@@ -115,8 +115,11 @@ def test_a_plugin_package_trains_is_evaluated_and_compared(venv, tmp_path):
         result = run(venv, "mtrl.cli.compare", *comparison, cwd=tmp_path)
         rows = {line.split()[2]: line for line in result.stdout.splitlines()[1:3]}
         assert set(rows) == {"cosine-softmax", "gradops"}
-        assert f"cosine-softmax ({PACKAGE})" in rows["cosine-softmax"]
-        assert f"cosine-softmax ({PACKAGE})" in (tmp_path / "report" / "report.md").read_text()
+        # the two runs' networks differ, so each row names its network too
+        assert f"cosine-softmax · gated-mlp ({PACKAGE})" in rows["cosine-softmax"]
+        assert "gradops · mlp" in rows["gradops"]
+        report = (tmp_path / "report" / "report.md").read_text()
+        assert f"cosine-softmax · gated-mlp ({PACKAGE})" in report
     finally:
         baseline.kill()  # nothing, once it has finished
         baseline.communicate()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reference presets of MOORE and Soft Modules against multi-head SAC on MT10, one seed each,
-# at a reduced budget that fits a 2-core machine (about an hour and a half): two runs at a time
+# at a reduced budget that fits a 2-core machine (about two hours): two runs at a time
 # on one thread each, MOORE first as the longest, then the comparison report with its curves.
 #
 #   bash scripts/reference_evidence.sh                 # into runs/sweeps/reference-evidence

@@ -33,9 +33,12 @@ from mtrl.cli.train import main
 sys.argv = ["mtrl-train", *sys.argv[1:]]
 main()
 """
-# mtrl-train with a Ctrl-C while it builds the environments, before training starts.
+# mtrl-train with a Ctrl-C while it builds the environments, before training starts. Python's
+# own Ctrl-C handler first: a shell that ran the tests in the background left SIGINT ignored,
+# and a child inherits that.
 CTRL_C_WHILE_STARTING = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import mtrl.cli.train
 real_make = mtrl.cli.train.make_vector_env
 def make(*args, **kwargs):

@@ -95,6 +95,31 @@ def assert_close_in_scale(got, expected, what=""):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale, msg=what)
 
 
+# Every way of having the per-task gradients and forming the update; "loop" (K backward passes)
+# is the reference the others must equal.
+WAYS = {mode: {"per_task_gradients": mode} for mode in ("loop", "grouped", "gram", "auto", "vmap")}
+WAYS["gram, backward"] = {"per_task_gradients": "gram", "gram_update": "backward"}
+
+
+def assert_every_way_gives_the_update_of_k_backward_passes(
+    model, loss_fn, inputs, shared, method: str, gram: bool = False
+) -> None:
+    """One step of ``method`` in each of :data:`WAYS` gives the combination weights and the
+    gradients of K backward passes (and, with ``gram``, the Gram matrix of the Gram-first
+    ways)."""
+    results = {
+        way: step_once(model, loss_fn, inputs, shared, seeded(method), **settings)
+        for way, settings in WAYS.items()
+    }
+    reference, reference_grads = results["loop"]
+    for way, (result, grads) in results.items():
+        assert_close_in_scale(result.weights, reference.weights, way)
+        if gram and result.layer_grams is not None:
+            assert_close_in_scale(result.gram, reference.gram, way)
+        for name, expected in reference_grads.items():
+            assert_close_in_scale(grads[name], expected, f"{way}: {name}")
+
+
 # Hidden widths at which the Gram-first layers take each path, with a grouped batch of 15 rows:
 # the products of rows while the layer is wider than the batch, tiles of the weight when it is
 # narrower (as at widths 1024 to 4096 with 128 rows per task).

@@ -12,7 +12,10 @@ from mtrl.agents.architectures import ARCHITECTURES
 from mtrl.agents.mtsac import actor_task_loss, critic_task_loss
 from mtrl.agents.networks import Actor, Critic, read_critic_embedding
 from mtrl.jacobian import per_task_gradients_grouped, per_task_gradients_loop
-from tests.test_backward import assert_close_in_scale, seeded, step_once
+from tests.test_backward import (
+    assert_close_in_scale,
+    assert_every_way_gives_the_update_of_k_backward_passes,
+)
 
 TASKS, BATCH, OBS, ACTIONS = 3, 4, 5, 2
 SMALL = {  # each architecture's options, scaled down
@@ -99,15 +102,4 @@ def test_task_specific_parameters_learn_from_their_own_task_only(network, kind):
 @pytest.mark.parametrize("network", list(ARCHITECTURES))
 def test_every_way_gives_the_same_update(network, method):
     model, loss_fn, inputs, shared = case(network, "critic")
-    modes = ("loop", "grouped", "gram", "auto", "vmap")
-    ways = {mode: {"per_task_gradients": mode} for mode in modes}
-    ways["gram, backward"] = {"per_task_gradients": "gram", "gram_update": "backward"}
-    results = {
-        way: step_once(model, loss_fn, inputs, shared, seeded(method), **settings)
-        for way, settings in ways.items()
-    }
-    reference, reference_grads = results["loop"]
-    for mode, (result, grads) in results.items():
-        assert_close_in_scale(result.weights, reference.weights, mode)
-        for name, expected in reference_grads.items():
-            assert_close_in_scale(grads[name], expected, f"{mode}: {name}")
+    assert_every_way_gives_the_update_of_k_backward_passes(model, loss_fn, inputs, shared, method)

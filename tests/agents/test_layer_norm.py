@@ -12,7 +12,10 @@ from torch.nn import functional
 from mtrl.agents.layer_norm import EnsembleLayerNorm
 from mtrl.agents.networks import EnsembleLinear, MultiTaskNetwork
 from mtrl.jacobian import per_task_gradients_grouped, per_task_gradients_loop
-from tests.test_backward import assert_close_in_scale, seeded, step_once
+from tests.test_backward import (
+    assert_close_in_scale,
+    assert_every_way_gives_the_update_of_k_backward_passes,
+)
 
 TASKS, BATCH, FEATURES, WIDTH, MEMBERS = 3, 4, 5, 8, 2
 
@@ -80,20 +83,9 @@ def test_one_grouped_pass_gives_each_task_its_gradient():
 @pytest.mark.parametrize("method", ["gradops", "pcgrad", "mean"])
 def test_every_gradient_mode_gives_the_update_of_k_backward_passes(method):
     model, inputs, shared = case()
-    modes = ("loop", "grouped", "gram", "auto", "vmap")
-    ways = {mode: {"per_task_gradients": mode} for mode in modes}
-    ways["gram, backward"] = {"per_task_gradients": "gram", "gram_update": "backward"}
-    results = {
-        way: step_once(model, squared_errors, inputs, shared, seeded(method), **settings)
-        for way, settings in ways.items()
-    }
-    reference, reference_grads = results["loop"]
-    for way, (result, grads) in results.items():
-        assert_close_in_scale(result.weights, reference.weights, way)
-        if result.layer_grams is not None:
-            assert_close_in_scale(result.gram, reference.gram, way)
-        for name, expected in reference_grads.items():
-            assert_close_in_scale(grads[name], expected, f"{way}: {name}")
+    assert_every_way_gives_the_update_of_k_backward_passes(
+        model, squared_errors, inputs, shared, method, gram=True
+    )
 
 
 def test_gram_first_pieces_equal_the_stored_gradients():

@@ -72,10 +72,12 @@ def project(
     return target
 
 
-def cross_entropy_task_loss(logits: Tensor, target: Tensor) -> Tensor:
+def cross_entropy_task_loss(logits: Tensor, target: Tensor, rows: Tensor | None = None) -> Tensor:
     """The cross-entropy of each critic's prediction with the target distribution, averaged over
-    the batch and summed over the critics: ``[K]`` from logits ``[critics, K, B, atoms]`` and a
-    target ``[K, B, atoms]`` (or a scalar from one task's ``[critics, B, atoms]`` and
-    ``[B, atoms]``)."""
+    the batch (each row weighted by ``rows`` where given) and summed over the critics: ``[K]``
+    from logits ``[critics, K, B, atoms]`` and a target ``[K, B, atoms]`` (or a scalar from one
+    task's ``[critics, B, atoms]`` and ``[B, atoms]``)."""
     cross_entropy = -(target * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+    if rows is not None:
+        cross_entropy = cross_entropy * rows
     return cross_entropy.mean(dim=-1).sum(dim=0)

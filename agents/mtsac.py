@@ -40,7 +40,7 @@ from mtrl.aggregators import make_aggregator
 from mtrl.backward import GRADIENT_MODES, MultiTaskBackward, StepResult, finite, step_if_finite
 from mtrl.capture import capture_update
 from mtrl.conflict import ConflictRecorder
-from mtrl.replay import MultiTaskReplayBuffer, TaskBatch
+from mtrl.replay import MultiTaskReplayBuffer, TaskBatch, uniform_capacity
 from mtrl.stats import DeviceMeans
 
 DEFAULT_BATCH_PER_TASK = 128
@@ -54,12 +54,16 @@ TEMPERATURES = ("per_task", "shared")
 # What the temperature's loss differentiates: log α, as SAC, or α itself, as BRC, whose
 # gradient is then α times SAC's.
 ALPHA_LOSSES = ("log_alpha", "alpha")
+# How a batch is drawn: the same share from every task, or uniformly over all transitions (BRC's),
+# each task's share then varying from batch to batch (mtrl.replay).
+BATCH_SAMPLINGS = ("per_task", "uniform")
 # Vector steps of uniform random actions before learning, by default (warmstart_steps of
 # rainx0r/metaworld-algorithms and rainx0r/mtrl).
 WARMUP_VECTOR_STEPS = 4000
 
 __all__ = [
     "ALPHA_LOSSES",
+    "BATCH_SAMPLINGS",
     "CRITIC_LOSSES",
     "GRADIENT_MODES",
     "MTSAC",
@@ -70,16 +74,30 @@ __all__ = [
     "categorical_critic_task_loss",
     "critic_task_loss",
     "temperature_task_weights",
+    "weighted_by_rows",
     "weighted_by_task",
 ]
 
 
 # The losses take one task's slice of a batch (``layout="single"``, under vmap) or the whole
-# ``[K, B]`` batch (``layout="grouped"``), and return one loss per task.
+# ``[K, B]`` batch (``layout="grouped"``), and return one loss per task. ``rows`` weighs each
+# row in its task's mean (a uniform batch's, see mtrl.replay); None weighs all alike.
+
+
+def row_mean(values: Tensor, rows: Tensor | None) -> Tensor:
+    """The mean over the last (row) axis, each row weighted by ``rows`` where given."""
+    return values.mean(dim=-1) if rows is None else (values * rows).mean(dim=-1)
 
 
 def critic_task_loss(
-    params, obs, actions, target, critic: Critic, layout: str, max_q_value: float | None = None
+    params,
+    obs,
+    actions,
+    target,
+    critic: Critic,
+    layout: str,
+    max_q_value: float | None = None,
+    rows: Tensor | None = None,
 ):
     """Critic loss: half the summed mean squared TD errors of the critics. With
     ``max_q_value``, the predictions are clipped to ±it first, so that a prediction past the
@@ -87,35 +105,63 @@ def critic_task_loss(
     q_values = functional_call(critic, params, (obs, actions), {"layout": layout})
     if max_q_value is not None:
         q_values = q_values.clamp(-max_q_value, max_q_value)
-    loss = 0.5 * (q_values - target).square().mean(dim=-1).sum(dim=0)
+    loss = 0.5 * row_mean((q_values - target).square(), rows).sum(dim=0)
     return loss, loss
 
 
-def actor_task_loss(params, obs, noise, alpha, actor: Actor, critic: Critic, critic_params, layout):
+def actor_task_loss(
+    params, obs, noise, alpha, actor: Actor, critic: Critic, critic_params, layout, rows=None
+):
     """Actor loss ``E[α log π(a|s) − min_i Q_i(s, a)]``, with the critic frozen."""
     actions, log_prob = functional_call(actor, params, (obs, noise), {"layout": layout})
     q_value = functional_call(critic, critic_params, (obs, actions), {"layout": layout})
-    loss = (alpha.unsqueeze(-1) * log_prob - q_value.min(dim=0).values).mean(dim=-1)
-    return loss, (loss, log_prob.mean(dim=-1))
+    loss = row_mean(alpha.unsqueeze(-1) * log_prob - q_value.min(dim=0).values, rows)
+    return loss, (loss, row_mean(log_prob, rows))
 
 
-def categorical_critic_task_loss(params, obs, actions, target, critic: Critic, layout: str):
+def categorical_critic_task_loss(
+    params, obs, actions, target, critic: Critic, layout: str, rows: Tensor | None = None
+):
     """Categorical critic loss: the cross-entropy of each critic's distribution with the target
     distribution, averaged over the batch and summed over the critics."""
     logits = functional_call(critic, params, (obs, actions), {"layout": layout})
-    loss = cross_entropy_task_loss(logits, target)
+    loss = cross_entropy_task_loss(logits, target, rows)
     return loss, loss
 
 
 def categorical_actor_task_loss(
-    params, obs, noise, alpha, actor: Actor, critic: Critic, critic_params, layout, *, atoms
+    params,
+    obs,
+    noise,
+    alpha,
+    actor: Actor,
+    critic: Critic,
+    critic_params,
+    layout,
+    *,
+    atoms,
+    rows=None,
 ):
     """Actor loss ``E[α log π(a|s) − V(s, a)]``, ``V`` the expectation over the support
     ``atoms`` of the critics' mean distribution (BRC has no minimum over the critics)."""
     actions, log_prob = functional_call(actor, params, (obs, noise), {"layout": layout})
     logits = functional_call(critic, critic_params, (obs, actions), {"layout": layout})
-    loss = (alpha.unsqueeze(-1) * log_prob - expectation(logits, atoms)).mean(dim=-1)
-    return loss, (loss, log_prob.mean(dim=-1))
+    loss = row_mean(alpha.unsqueeze(-1) * log_prob - expectation(logits, atoms), rows)
+    return loss, (loss, row_mean(log_prob, rows))
+
+
+def weighted_by_rows(
+    loss_fn: Callable[..., tuple[Tensor, Any]], task_inputs: int
+) -> Callable[..., tuple[Tensor, Any]]:
+    """``loss_fn``, which takes ``task_inputs`` task inputs and a ``rows`` keyword, taking the
+    row weights as one more task input after those (``[K, B]``, so that vmap slices them with
+    the rest)."""
+
+    def weighted(params, *args):
+        inputs, rows, rest = args[:task_inputs], args[task_inputs], args[task_inputs + 1 :]
+        return loss_fn(params, *inputs, *rest, rows=rows)
+
+    return weighted
 
 
 def weighted_by_task(
@@ -154,8 +200,15 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
     Args:
         aggregator: config name of the deconfliction method (:func:`mtrl.aggregators.available`).
         aggregator_kwargs: its hyperparameters.
-        batch_size: transitions per update over all tasks; a multiple of the task count
-            (default 128 per task).
+        batch_size: transitions per update over all tasks (default 128 per task); with
+            ``batch_sampling="per_task"``, a multiple of the task count.
+        batch_sampling: ``"per_task"``, the same number of transitions from every task, or
+            ``"uniform"``, each drawn from all transitions, as BRC (replay_buffer.py): task k
+            then gets a random count n_k, and its loss is the sum over its rows ÷ (B / K), so
+            that the mean of the task losses (``mean``) is BRC's loss over the batch, and every
+            method weighs a task by its share of the batch; a task with no row has a zero loss
+            and gradient. The batch holds :func:`mtrl.replay.uniform_capacity` rows per task
+            (1.5× the rows on MT10, 2.4× on MT50, at about 100 and 20 per task).
         buffer_size: replay capacity in transitions over all tasks, as in SB3.
         learning_starts: environment steps (over all tasks) of uniform random actions first;
             ``None``: :data:`WARMUP_VECTOR_STEPS` per task (the JAX recipes' warm-up), so that
@@ -220,6 +273,7 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         buffer_size: int = 1_000_000,
         learning_starts: int | None = None,
         batch_size: int | None = None,
+        batch_sampling: str = "per_task",
         tau: float = 0.005,
         gamma: float = 0.99,
         train_freq: int = 1,
@@ -308,6 +362,11 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         if reset_every is not None and not (isinstance(reset_every, int) and reset_every > 0):
             raise ValueError(f"reset_every must be a positive number of updates, got {reset_every}")
         self.reset_every = reset_every
+        if batch_sampling not in BATCH_SAMPLINGS:
+            raise ValueError(
+                f"batch_sampling={batch_sampling!r}; valid: {', '.join(BATCH_SAMPLINGS)}"
+            )
+        self.batch_sampling = batch_sampling
         self.categorical_atoms, self.categorical_v_max = categorical_atoms, categorical_v_max
         super().__init__(
             policy,
@@ -353,7 +412,10 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self.task_names = list(names) if names else [f"task{k}" for k in range(num_tasks)]
         if self.requested_batch_size is None:
             self.batch_size = DEFAULT_BATCH_PER_TASK * num_tasks
-        if self.batch_size <= 0 or self.batch_size % num_tasks:
+        if self.batch_sampling == "uniform":
+            if self.batch_size <= 0:
+                raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        elif self.batch_size <= 0 or self.batch_size % num_tasks:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a positive multiple of the "
                 f"{num_tasks} tasks, so that every task gets the same share"
@@ -369,6 +431,9 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
                 np.prod(self.action_space.shape)
             )
         self.target_entropy = float(self.target_entropy)
+        self.batch_capacity = None
+        if self.batch_sampling == "uniform":
+            self.batch_capacity = uniform_capacity(self.batch_size, num_tasks)
         temperatures = num_tasks if self.temperature == "per_task" else 1
         self.log_alpha = torch.full(
             (temperatures,), math.log(self.initial_alpha), device=self.device, requires_grad=True
@@ -390,9 +455,14 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             self.atoms = support(self.categorical_atoms, self.categorical_v_max, device=self.device)
             self.critic_loss_fn = categorical_critic_task_loss
             self.actor_loss_fn = partial(categorical_actor_task_loss, atoms=self.atoms)
+        task_inputs = 3
+        if self.batch_sampling == "uniform":
+            self.critic_loss_fn = weighted_by_rows(self.critic_loss_fn, task_inputs)
+            self.actor_loss_fn = weighted_by_rows(self.actor_loss_fn, task_inputs)
+            task_inputs += 1
         if self.task_loss_weights != "none":
-            self.critic_loss_fn = weighted_by_task(self.critic_loss_fn, task_inputs=3)
-            self.actor_loss_fn = weighted_by_task(self.actor_loss_fn, task_inputs=3)
+            self.critic_loss_fn = weighted_by_task(self.critic_loss_fn, task_inputs)
+            self.actor_loss_fn = weighted_by_task(self.actor_loss_fn, task_inputs)
         self.alpha_skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         self.reward_normalizer = None
         if self.reward_normalization == "per_task":
@@ -440,7 +510,7 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
         self._update_learning_rate(optimizers)
         alphas = self.alphas()  # the rewards of every step's batch are normalised with these
         for _ in range(gradient_steps):
-            batch = self.replay_buffer.sample_tasks(batch_size // self.policy.num_tasks)
+            batch = self.sample_batch(batch_size)
             if self.reward_normalizer is not None:
                 rewards = self.reward_normalizer.normalize(
                     batch.rewards, alphas, self.target_entropy
@@ -450,6 +520,14 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
             self._n_updates += 1
             if self.reset_every and self._n_updates % self.reset_every == 0:
                 self.reset_networks()
+
+    def sample_batch(self, batch_size: int) -> TaskBatch:
+        """A batch of ``batch_size`` transitions drawn as :attr:`batch_sampling` says."""
+        if self.batch_sampling == "per_task":
+            return self.replay_buffer.sample_tasks(batch_size // self.policy.num_tasks)
+        batch, overflow = self.replay_buffer.sample_uniform(batch_size, self.batch_capacity)
+        self.stats.add("train/batch_overflow", overflow)
+        return batch
 
     def reset_networks(self) -> None:
         """The actor's, the critics' and the target critics' weights drawn afresh as at the
@@ -499,9 +577,10 @@ class MTSAC(TrainingLogs, OverlappedUpdates, saving.Checkpointing, OffPolicyAlgo
 
         # Weighted losses take each task's weight after their own task inputs (weighted_by_task),
         # from the temperatures before this step's update.
-        weights = ()
+        # A uniform batch's row weights come first (weighted_by_rows).
+        weights = () if batch.weights is None else (batch.weights,)
         if self.task_loss_weights == "temperature":
-            weights = (temperature_task_weights(self.log_alpha.expand(self.policy.num_tasks)),)
+            weights += (temperature_task_weights(self.log_alpha.expand(self.policy.num_tasks)),)
         critic = self.critic_step(
             self.critic_loss_fn,
             (batch.observations, batch.actions, target, *weights),

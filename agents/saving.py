@@ -50,6 +50,7 @@ EARLIER_HYPERPARAMETERS = {
     "target_entropy_scale": 1.0,
     "reward_normalization": "none",
     "reset_every": None,
+    "batch_sampling": "per_task",
 }
 
 # What format 4 changed in each architecture whose parameters no longer fit (the defaults,

@@ -108,7 +108,7 @@ def host_traffic(model: Any, batch: Any = None) -> list[str]:
     update feeds included."""
     with watch_host() as found:
         if batch is None:
-            batch = model.replay_buffer.sample_tasks(model.batch_size // model.n_envs)
+            batch = model.sample_batch(model.batch_size)
         model.update(batch)
         for recorder in (model.critic_conflicts, model.actor_conflicts):
             recorder.flush()  # the update's conflict statistics, computed in batches

@@ -83,7 +83,7 @@ class CapturedUpdate:
             torch.cuda.current_stream().wait_stream(side)
             return outputs
         if self.graph is None:
-            self.batch = TaskBatch(*(t.clone() for t in batch))
+            self.batch = TaskBatch(*(None if t is None else t.clone() for t in batch))
             self.graph = torch.cuda.CUDAGraph()
             for generator in self.generators():
                 if generator.device.type == "cuda":
@@ -92,6 +92,7 @@ class CapturedUpdate:
                 self.outputs = self.step(self.batch)
         else:
             for static, new in zip(self.batch, batch, strict=True):
-                static.copy_(new)
+                if static is not None:
+                    static.copy_(new)
         self.graph.replay()
         return self.outputs

@@ -1,10 +1,16 @@
-"""A replay buffer that samples the same number of transitions from every task, on the device.
+"""A multi-task replay buffer on the device, sampled per task or uniformly over all transitions.
 
 SB3's buffers keep numpy arrays on the host and copy every batch to the device. Here the
 storage is torch tensors on the training device, and a batch is drawn with a generator on that
 device, so sampling never waits for the host. The buffer keeps SB3's interface (``add``,
 ``sample``) and its conventions: one column per environment, ``buffer_size`` counting
 transitions over all of them, and time-limit truncations that bootstrap.
+
+A batch is grouped by task, ``[K, B]``, so that each task's loss reads its own rows. A
+stratified batch gives every task the same B rows. A uniform batch (BRC's: each of its
+transitions drawn from all of them) gives task k a random count n_k; it is laid out as
+``[K, C]``, C a capacity that n_k exceeds with a probability below :data:`OVERFLOW`, and
+``weights`` marks the rows in use (:meth:`MultiTaskReplayBuffer.sample_uniform`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from gymnasium import spaces
+from scipy.stats import binom
 from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import Tensor
@@ -21,6 +28,18 @@ from torch import Tensor
 from mtrl.generators import restore_generator
 
 _STORAGE = ("observations", "next_observations", "actions", "rewards", "terminals")
+
+# The chance, per uniform batch, that some task draws more rows than the batch holds for it.
+OVERFLOW = 1e-6
+
+
+def uniform_capacity(batch_size: int, tasks: int) -> int:
+    """Rows per task of a uniform batch: the least C with ``tasks · P(n > C) ≤ OVERFLOW`` for
+    n ~ Binomial(batch_size, 1 / tasks), a task's count when every transition is drawn from
+    ``tasks`` equally filled tasks (a union bound over the tasks)."""
+    if batch_size < 1 or tasks < 1:
+        raise ValueError(f"need a positive batch size and task count, got {batch_size}, {tasks}")
+    return int(binom.isf(OVERFLOW / tasks, batch_size, 1 / tasks))
 
 
 class TaskBatch(NamedTuple):
@@ -31,6 +50,10 @@ class TaskBatch(NamedTuple):
     next_observations: Tensor
     dones: Tensor  # 1 only for true terminations: time-limit truncations bootstrap
     rewards: Tensor
+    # Each row's weight in its task's loss, ``[K, B]``: None for a stratified batch (all rows
+    # weigh 1); for a uniform batch K·C/B on the rows drawn and 0 on the rest, so that the mean of
+    # the K task losses is the mean loss over the batch's B transitions.
+    weights: Tensor | None = None
 
 
 class MultiTaskReplayBuffer(BaseBuffer):
@@ -102,6 +125,26 @@ class MultiTaskReplayBuffer(BaseBuffer):
             self.terminals[rows, self._tasks],
             self.rewards[rows, self._tasks],
         )
+
+    def sample_uniform(self, batch_size: int, capacity: int) -> tuple[TaskBatch, Tensor]:
+        """``batch_size`` transitions drawn uniformly from all of them, grouped by task into
+        ``capacity`` rows each (:func:`uniform_capacity`), and the count of transitions that did
+        not fit (0 but with a chance below :data:`OVERFLOW`).
+
+        The tasks hold equally many transitions (every task steps at each vector step), so a
+        uniform draw picks each transition's task uniformly: task k's count n_k is the number of
+        the ``batch_size`` task draws that fall on k, and its transitions are the first n_k of
+        ``capacity`` rows drawn uniformly from its history. Everything stays on the device.
+        """
+        tasks = torch.randint(
+            self.n_envs, (batch_size,), generator=self.generator, device=self.device
+        )
+        batch = self.sample_tasks(capacity)
+        counts = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
+        counts.scatter_add_(0, tasks, torch.ones_like(tasks))
+        used = torch.arange(capacity, device=self.device) < counts[:, None]
+        weights = used.to(batch.rewards.dtype) * (self.n_envs * capacity / batch_size)
+        return batch._replace(weights=weights), (counts - capacity).clamp_min(0).sum()
 
     def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
         """SB3's flat batch, stratified: ``batch_size`` must be a multiple of the task count."""

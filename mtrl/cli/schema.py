@@ -20,7 +20,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtrl import plugins
 from mtrl.agents.architectures import ARCHITECTURES
-from mtrl.agents.mtsac import ALPHA_LOSSES, CRITIC_LOSSES, TASK_LOSS_WEIGHTS, TEMPERATURES
+from mtrl.agents.mtsac import (
+    ALPHA_LOSSES,
+    BATCH_SAMPLINGS,
+    CRITIC_LOSSES,
+    TASK_LOSS_WEIGHTS,
+    TEMPERATURES,
+)
 from mtrl.agents.networks import INITS, LOG_STD_BOUNDINGS
 from mtrl.agents.policies import OPTIMIZERS
 from mtrl.agents.reward_normalization import REWARD_NORMALIZATIONS
@@ -176,6 +182,7 @@ class AgentConfig:
     gamma: float = valid(0.99, Interval(0, 1))
     tau: float = valid(0.005, Interval(0, 1, open_low=True))
     batch_size_per_task: int = valid(128, COUNT)
+    batch_sampling: str = valid("per_task", OneOf(BATCH_SAMPLINGS))
     buffer_size_per_task: int = valid(100_000, COUNT)
     warmup_steps: int = valid(4000, Interval(low=0, integer=True))
     gradient_steps: int = valid(1, COUNT)
@@ -240,6 +247,7 @@ EARLIER_AGENT_VALUES = (
             "critic_loss",
             "reward_normalization",
             "reset_every",
+            "batch_sampling",
             "temperature",
             "alpha_betas",
             "alpha_loss",

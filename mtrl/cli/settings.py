@@ -220,6 +220,7 @@ def agent_kwargs(
         "gamma": float(agent["gamma"]),
         "tau": float(agent["tau"]),
         "batch_size": agent["batch_size_per_task"] * num_tasks,
+        "batch_sampling": agent["batch_sampling"],
         "buffer_size": agent["buffer_size_per_task"] * num_tasks,
         "learning_starts": agent["warmup_steps"] * num_tasks,
         "gradient_steps": agent["gradient_steps"],

@@ -30,6 +30,7 @@ RUN = [
     # BRC's normaliser: its returns' extremes and the rewards of the episodes in progress
     "agent.reward_normalization=per_task",
     "agent.reset_every=50",  # resets near the stops: the networks drawn afresh must continue too
+    "agent.batch_sampling=uniform",  # each task's share of a batch drawn too
     "agent.net_arch=[32,32]",
     "agent.batch_size_per_task=8",
     "agent.buffer_size_per_task=2000",

@@ -57,6 +57,8 @@ def test_a_smoke_run_of_the_brc_preset(method, tmp_path):
     alphas = [scalars[f"train/alpha/{task}"] for task in protocol["tasks"]]
     assert all(alpha == alphas[0] for alpha in alphas)  # one temperature for every task
     assert "grad/critic/cos_min" in scalars and "grad/actor/cos_min" in scalars
+    # batches drawn uniformly over all transitions, none of which overflowed its task's rows
+    assert set(scalars["train/batch_overflow"].values()) == {0.0}
     if method == "gradops":  # its update conflicts with no task, through BroNet as anywhere
         assert set(scalars["grad/critic/update_conflicts"].values()) == {0.0}
 
@@ -89,6 +91,7 @@ def test_the_preset_holds_brcs_settings(benchmark, batch):
         "target_entropy_scale": 0.5,
         "max_grad_norm": None,
         "gradient_steps": 2,
+        "batch_sampling": "uniform",
         "reset_every": None,
         "max_q_value": None,
     }

@@ -1,5 +1,6 @@
 """Update time and peak memory of experiment=brc against the 3 × 400 MLP, with GradOPS against
-mean on each, at BRC's width (a 4096-wide critic) and at one that fits a small machine.
+mean on each, at BRC's width (a 4096-wide critic) and at one that fits a small machine, and
+BRC's batches drawn uniformly over all transitions (the preset's) against equal shares.
 
 Each configuration runs in its own process, so that no other's memory counts in its figures. It
 builds the agent from mtrl-train's own config (``experiment=brc`` with the critic's width set,
@@ -13,6 +14,7 @@ the CPU the resident memory sampled every millisecond, on CUDA the allocator's.
     python scripts/bench_brc.py                              # widths 4096 and 512, cpu
     python scripts/bench_brc.py --widths 512 --repeats 3
     python scripts/bench_brc.py --device cuda --widths 4096 1024
+    python scripts/bench_brc.py --widths 512 --samplings per_task    # equal shares only
 """
 
 from __future__ import annotations
@@ -46,17 +48,22 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * PAGE / 2**20
 
 
-def overrides(network: str, width: int | None, method: str, device: str) -> list[str]:
+def overrides(
+    network: str, width: int | None, sampling: str, method: str, device: str
+) -> list[str]:
     base = [f"method={method}", f"device={device}", "benchmark=mt10"]
     if network == "brc":
-        return ["experiment=brc", f"network.critic_width={width}", *base]
+        brc = ["experiment=brc", f"network.critic_width={width}"]
+        return [*brc, f"agent.batch_sampling={sampling}", *base]
     return base  # the default recipe: the 3 × 400 MLP, 128 transitions per task
 
 
-def measure(network: str, width: int | None, method: str, device: str, repeats: int) -> dict:
+def measure(
+    network: str, width: int | None, sampling: str, method: str, device: str, repeats: int
+) -> dict:
     """One configuration, in this process."""
     with initialize_config_module("mtrl.configs", version_base="1.3"):
-        cfg = compose("train", overrides=overrides(network, width, method, device))
+        cfg = compose("train", overrides=overrides(network, width, sampling, method, device))
     kwargs = train_settings(cfg).agent_kwargs
     kwargs.update(buffer_size=500 * TASKS, learning_starts=0, seed=0, device=device)
     env = DummyVecEnv([lambda: ShapeOnly(TASKS)] * TASKS)
@@ -64,7 +71,7 @@ def measure(network: str, width: int | None, method: str, device: str, repeats: 
     cuda = model.device.type == "cuda"
 
     def batch():
-        return model.replay_buffer.sample_tasks(model.batch_size // TASKS)
+        return model.sample_batch(model.batch_size)
 
     if cuda:
         torch.cuda.synchronize()
@@ -106,57 +113,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[4096, 512])
     parser.add_argument("--methods", nargs="+", default=["mean", "gradops"])
+    parser.add_argument("--samplings", nargs="+", default=["uniform", "per_task"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--one", nargs=3, metavar=("NETWORK", "WIDTH", "METHOD"), help=argparse.SUPPRESS
+        "--one", nargs=4, metavar=("NETWORK", "WIDTH", "SAMPLING", "METHOD"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        network, width, method = args.one
-        result = measure(network, int(width) or None, method, args.device, args.repeats)
+        network, width, sampling, method = args.one
+        result = measure(network, int(width) or None, sampling, method, args.device, args.repeats)
         print(json.dumps(result))
         return
-    configs = [("mlp", 0)] + [("brc", width) for width in args.widths]
+    configs = [("mlp", 0, "per_task")]
+    configs += [("brc", width, sampling) for width in args.widths for sampling in args.samplings]
     results = {}
-    for network, width in configs:
+    for network, width, sampling in configs:
         for method in args.methods:
-            command = [sys.executable, __file__, "--one", network, str(width), method]
+            command = [sys.executable, __file__, "--one", network, str(width), sampling, method]
             command += ["--device", args.device, "--repeats", str(args.repeats)]
             command += ["--threads", str(args.threads)] if args.threads else []
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[network, width, method] = json.loads(output.splitlines()[-1])
-            print(f"measured {network} {width or ''} {method}", file=sys.stderr, flush=True)
+            results[network, width, sampling, method] = json.loads(output.splitlines()[-1])
+            print(
+                f"measured {network} {width or ''} {sampling} {method}", file=sys.stderr, flush=True
+            )
     print(
         f"MT10, {args.device}, {torch.get_num_threads()} threads; median of {args.repeats} updates"
     )
-    header = f"{'network':<22}{'method':<9}{'params':>9}{'update':>11}{'before':>10}{'peak':>10}"
-    print(header)
-    for (network, width, method), r in results.items():
+    header = f"{'network':<22}{'batch':<10}{'method':<9}{'params':>9}{'update':>11}"
+    print(f"{header}{'before':>10}{'peak':>10}")
+    for (network, width, sampling, method), r in results.items():
         name = "3 x 400 MLP" if network == "mlp" else f"BRC, critic {width} wide"
         print(
-            f"{name:<22}{method:<9}{r['parameters_m']:8.1f}M{r['update_ms']:9.0f}ms"
+            f"{name:<22}{sampling:<10}{method:<9}{r['parameters_m']:8.1f}M{r['update_ms']:9.0f}ms"
             f"{r['held_mb']:8.0f}MB{r['peak_mb']:8.0f}MB"
         )
+
+    def ratio(a: dict, b: dict) -> str:
+        update, peak = a["update_ms"] / b["update_ms"], a["peak_mb"] / b["peak_mb"]
+        return f"update {update:.2f}x, peak {peak:.2f}x"
+
     print("\nratios")
-    for network, width in configs:
+    for network, width, sampling in configs:
         if set(args.methods) >= {"mean", "gradops"}:
-            mean, gradops = results[network, width, "mean"], results[network, width, "gradops"]
-            name = "3 x 400 MLP" if network == "mlp" else f"BRC {width}"
-            print(
-                f"{name}: gradops ÷ mean  update {gradops['update_ms'] / mean['update_ms']:.2f}x,"
-                f" peak {gradops['peak_mb'] / mean['peak_mb']:.2f}x"
-            )
+            mean, gradops = (results[network, width, sampling, m] for m in ("mean", "gradops"))
+            name = "3 x 400 MLP" if network == "mlp" else f"BRC {width} {sampling}"
+            print(f"{name}: gradops ÷ mean  {ratio(gradops, mean)}")
     for width in args.widths:
         for method in args.methods:
-            brc, mlp = results["brc", width, method], results["mlp", 0, method]
-            print(
-                f"BRC {width} ÷ MLP, {method}: update {brc['update_ms'] / mlp['update_ms']:.1f}x,"
-                f" peak {brc['peak_mb'] / mlp['peak_mb']:.1f}x"
-            )
+            if set(args.samplings) >= {"uniform", "per_task"}:
+                uniform, equal = (results["brc", width, s, method] for s in ("uniform", "per_task"))
+                print(f"BRC {width}, {method}: uniform ÷ per_task  {ratio(uniform, equal)}")
+            for sampling in args.samplings:
+                brc, mlp = (
+                    results["brc", width, sampling, method],
+                    results["mlp", 0, "per_task", method],
+                )
+                print(f"BRC {width} {sampling} ÷ MLP, {method}: {ratio(brc, mlp)}")
 
 
 if __name__ == "__main__":

@@ -22,22 +22,29 @@ GRADIENT_METHODS = [m for m in available() if not make_aggregator(m).loss_based]
 pytestmark = pytest.mark.cuda
 
 
-def random_batch(seed: int = 0, batch_per_task: int = 8) -> TaskBatch:
+def random_batch(seed: int = 0, batch_per_task: int = 8, uniform: bool = False) -> TaskBatch:
+    """Random transitions; ``uniform``: with the row weights of a uniform batch, whose tasks'
+    counts vary from batch to batch."""
     generator = torch.Generator().manual_seed(seed)
     obs = torch.randn(TASKS, batch_per_task, 2, generator=generator)
     onehot = torch.eye(TASKS).unsqueeze(1).expand(TASKS, batch_per_task, TASKS)
     observations = torch.cat([obs, onehot], -1)
+    weights = None
+    if uniform:
+        counts = torch.randint(batch_per_task + 1, (TASKS, 1), generator=generator)
+        weights = (torch.arange(batch_per_task) < counts).float() * 1.5
     return TaskBatch(
         observations,
         torch.rand(TASKS, batch_per_task, 2, generator=generator) * 2 - 1,
         observations + 0.1,
         torch.zeros(TASKS, batch_per_task),
         torch.randn(TASKS, batch_per_task, generator=generator),
+        weights,
     )
 
 
 def on(device: str, batch: TaskBatch) -> TaskBatch:
-    return TaskBatch(*(field.to(device) for field in batch))
+    return TaskBatch(*(None if field is None else field.to(device) for field in batch))
 
 
 def updates(model, device: str, steps: int = 3) -> list[torch.Tensor]:
@@ -102,19 +109,48 @@ def test_an_update_never_waits_for_the_host(method):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_a_uniform_batch_is_drawn_and_trained_on_without_waiting_for_the_host():
+    """BRC's recipe, its uniform batches included, captured as a CUDA graph."""
+    if torch.device(DEVICE).type != "cuda":
+        pytest.skip("the sync watch is CUDA's (tests/agents/test_no_host_reads.py on the CPU)")
+    model = make_model(
+        device=DEVICE,
+        compile=True,
+        batch_sampling="uniform",
+        critic_loss="categorical",
+        categorical_atoms=11,
+        reward_normalization="per_task",
+        temperature="shared",
+    )
+    model.learn(150)  # past the eager updates: the graph is recorded and replayed
+    assert model.captured.graph is not None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            model.update(model.sample_batch(model.batch_size))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize("sampling", ["per_task", "uniform"])
 @pytest.mark.parametrize("method", ["gradops", "pcgrad", "cagrad", "sdmgrad-os", "mean"])
-def test_a_captured_update_equals_the_eager_one(method):
+def test_a_captured_update_equals_the_eager_one(method, sampling):
     if torch.device(DEVICE).type != "cuda":
         pytest.skip("CUDA graphs need CUDA")
     models = {
-        compile: make_model(aggregator=method, device=DEVICE, compile=compile)
+        compile: make_model(
+            aggregator=method, device=DEVICE, compile=compile, batch_sampling=sampling
+        )
         for compile in (False, True)
     }
     assert models[True].captured is not None and models[False].captured is None
+    uniform = sampling == "uniform"
     for model in models.values():
         torch.cuda.manual_seed(0)  # the actions' noise: the same draws in the same order
         for step in range(6):  # three eager, the recording, then replays
-            model.update(on(DEVICE, random_batch(step)))
+            model.update(on(DEVICE, random_batch(step, uniform=uniform)))
     assert models[True].captured.graph is not None
     eager, captured = (list(models[c].policy.parameters()) for c in (False, True))
     for mine, theirs in zip(captured, eager, strict=True):

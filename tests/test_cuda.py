@@ -15,6 +15,7 @@ from mtrl.capture import NOT_CAPTURABLE
 from mtrl.replay import TaskBatch
 from mtrl.testing import injected_draws
 from tests.agents.test_mtsac import TASKS, make_model
+from tests.agents.test_no_host_reads import BRC_SETTINGS
 from tests.conftest import TEST_DEVICE as DEVICE
 
 GRADIENT_METHODS = [m for m in available() if not make_aggregator(m).loss_based]
@@ -113,15 +114,7 @@ def test_a_uniform_batch_is_drawn_and_trained_on_without_waiting_for_the_host():
     """BRC's recipe, its uniform batches included, captured as a CUDA graph."""
     if torch.device(DEVICE).type != "cuda":
         pytest.skip("the sync watch is CUDA's (tests/agents/test_no_host_reads.py on the CPU)")
-    model = make_model(
-        device=DEVICE,
-        compile=True,
-        batch_sampling="uniform",
-        critic_loss="categorical",
-        categorical_atoms=11,
-        reward_normalization="per_task",
-        temperature="shared",
-    )
+    model = make_model(device=DEVICE, compile=True, **BRC_SETTINGS)
     model.learn(150)  # past the eager updates: the graph is recorded and replayed
     assert model.captured.graph is not None
     torch.cuda.synchronize()

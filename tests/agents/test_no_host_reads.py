@@ -43,19 +43,21 @@ def test_every_network_updates_without_the_host(network):
     assert host_traffic(model) == []
 
 
+# BRC's recipe on the small model: uniform batches, categorical critics, normalised rewards.
+BRC_SETTINGS = {
+    "batch_sampling": "uniform",
+    "critic_loss": "categorical",
+    "categorical_atoms": 11,
+    "reward_normalization": "per_task",
+    "temperature": "shared",
+}
+
+
 @pytest.mark.parametrize("method", ["gradops", "mean"])
 def test_a_uniform_batch_is_drawn_and_trained_on_without_the_host(method):
-    """BRC's batches and the rest of its recipe: the counts of each task drawn, the row weights
-    and the normalised rewards all stay on the device."""
-    model = trained(
-        aggregator=method,
-        batch_sampling="uniform",
-        critic_loss="categorical",
-        categorical_atoms=11,
-        reward_normalization="per_task",
-        temperature="shared",
-    )
-    assert host_traffic(model) == []
+    """The counts of each task drawn, the row weights and the normalised rewards all stay on
+    the device."""
+    assert host_traffic(trained(aggregator=method, **BRC_SETTINGS)) == []
 
 
 @pytest.mark.parametrize(

@@ -72,12 +72,15 @@ def project(
     return target
 
 
-def cross_entropy_task_loss(logits: Tensor, target: Tensor, rows: Tensor | None = None) -> Tensor:
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Each critic's cross-entropy with the target distribution, row by row: ``[critics, ...]``
+    from logits ``[critics, ..., atoms]`` and a target ``[..., atoms]``."""
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+def cross_entropy_task_loss(logits: Tensor, target: Tensor) -> Tensor:
     """The cross-entropy of each critic's prediction with the target distribution, averaged over
-    the batch (each row weighted by ``rows`` where given) and summed over the critics: ``[K]``
-    from logits ``[critics, K, B, atoms]`` and a target ``[K, B, atoms]`` (or a scalar from one
-    task's ``[critics, B, atoms]`` and ``[B, atoms]``)."""
-    cross_entropy = -(target * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
-    if rows is not None:
-        cross_entropy = cross_entropy * rows
-    return cross_entropy.mean(dim=-1).sum(dim=0)
+    the batch and summed over the critics: ``[K]`` from logits ``[critics, K, B, atoms]`` and a
+    target ``[K, B, atoms]`` (or a scalar from one task's ``[critics, B, atoms]`` and
+    ``[B, atoms]``)."""
+    return cross_entropy(logits, target).mean(dim=-1).sum(dim=0)

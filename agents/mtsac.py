@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from mtrl.agents import saving
 from mtrl.agents.categorical import (
-    cross_entropy_task_loss,
+    cross_entropy,
     expectation,
     mean_probabilities,
     project,
@@ -125,7 +125,7 @@ def categorical_critic_task_loss(
     """Categorical critic loss: the cross-entropy of each critic's distribution with the target
     distribution, averaged over the batch and summed over the critics."""
     logits = functional_call(critic, params, (obs, actions), {"layout": layout})
-    loss = cross_entropy_task_loss(logits, target, rows)
+    loss = row_mean(cross_entropy(logits, target), rows).sum(dim=0)
     return loss, loss
 
 
